@@ -1,0 +1,23 @@
+"""Test configuration: float64, strict promotion, two fake CPU devices."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """Path of the real and synthetic datasets; skips when absent."""
+    path = SHARED_DATA.resolve()
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path}")
+    return path
