@@ -129,7 +129,7 @@ def propagate(
     O(κ²) but the eigenvectors are those of A', which leaves an intensity error linear in κ,
     ≈ 0.4 κ of I₀ at worst in the tests against :func:`propagate_exact_absorptive`).
     Derivatives (forward and reverse mode) with respect to A', A'_abs and a are exact for this
-    model, also at degenerate eigenvalues. Cost: one ``eigh`` forward (+ N³ for μ with
+    model, also at degenerate eigenvalues (with absorption: symmetry-enforced ones). Cost: one ``eigh`` forward (+ N³ for μ with
     absorption); a tangent or cotangent of A' adds 2 N³ (+ N³ with absorption, + N³ for A'_abs).
     A real symmetric A' (centrosymmetric U) runs in real arithmetic, about 4× cheaper.
 

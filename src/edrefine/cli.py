@@ -77,8 +77,10 @@ def pattern(
     result = simulate_pattern(crystal, energy, zone, thickness, gmax, sgmax, form_factors, absorption)
     for t, row in zip(result.thickness, result.intensity):
         order = sorted(range(len(row)), key=lambda i: -row[i])
-        table = Table(title=f"{structure.name}  zone [{' '.join(f'{z:g}' for z in zone)}]  t = {t:g} Å  "
-                      f"({len(row)} beams, Σ I = {row.sum():.6f})")
+        table = Table(
+            title=f"{structure.name} [{' '.join(f'{z:g}' for z in zone)}] t = {t:g} Å",
+            caption=f"{len(row)} beams, Σ I = {row.sum():.6f}",
+        )
         for column in ("h", "k", "l", "|g| [Å⁻¹]", "S_g [Å⁻¹]", "I"):
             table.add_column(column, justify="right")
         for i in order[: limit or None]:

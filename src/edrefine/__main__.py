@@ -1,0 +1,5 @@
+"""``python -m edrefine`` runs the command line."""
+
+from .cli import main
+
+main()

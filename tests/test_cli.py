@@ -1,0 +1,50 @@
+"""The command line: the pattern command, its JSON output and one-line errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edrefine", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_pattern_json(tmp_path):
+    out = tmp_path / "p.json"
+    result = run("pattern", "--structure", str(EXAMPLES / "silicon.cif"), "--zone", "1", "1", "0",
+                 "--thickness", "0", "250", "--gmax", "1.2", "--sgmax", "0.02", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert set(records[0]) == {"h", "k", "l", "g", "sg", "thickness", "intensity"}
+    for t in (0.0, 250.0):
+        rows = [r for r in records if r["thickness"] == t]
+        assert sum(r["intensity"] for r in rows) == pytest.approx(1.0, abs=1e-9)
+    direct = [r for r in records if (r["h"], r["k"], r["l"]) == (0, 0, 0)]
+    assert direct[0]["intensity"] == pytest.approx(1.0) and direct[1]["intensity"] < 0.99
+    assert "beams" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--zone", "0", "0", "0", "--thickness", "100"], "zone"),
+        (["--zone", "1", "1", "0", "--thickness", "-5"], "thickness"),
+        (["--zone", "1", "1", "0", "--thickness", "100", "--gmax", "0"], "g_max"),
+        (["--zone", "1", "1", "0", "--thickness", "100", "--form-factors", "xray"], "form-factors"),
+    ],
+)
+def test_pattern_bad_settings_give_one_line(args, message):
+    result = run("pattern", "--structure", str(EXAMPLES / "silicon.cif"), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_missing_structure_file(tmp_path):
+    result = run("pattern", "--structure", str(tmp_path / "none.cif"), "--zone", "1", "0", "0", "--thickness", "10")
+    assert result.returncode == 2 and "none.cif" in result.stderr and "Traceback" not in result.stderr
