@@ -11,12 +11,12 @@ for g near the Ewald sphere). It is kept if
 
     |S_g| / ΔS_g < RSg     and     ΔS_g − |S_g| > DSg.
 
-Δφ is the **full** angular width of the frame, 2 × half-width (``sweep="full"``, default): the
-range of S swept from one edge of the frame to the other. With RSg < 0.5 this would keep only
-reflections whose Bragg condition is crossed well inside the frame; RSg 0.9 lets in reflections
-that reach the Bragg condition up to 0.4 × the width outside, which carry part of their rocking
-curve. ``sweep="half"`` uses Δφ = half-width; docs/measurement.md records the R values of both on
-the quartz data. Everything here is host-side numpy.
+Δφ is the frame's **half-width** (``sweep="half"``, default): with the ±half-width
+integration, |S_g| < ΔS_g means the Bragg condition is crossed inside the frame, and RSg < 1
+keeps only such reflections. ``sweep="full"`` (Δφ = 2 × half-width) is kept for comparison:
+on the quartz data it admits reflections with |S_g| up to 1.8 × the half-width sweep, which are
+measured 2–3× stronger in |F| than a ±half-width integration gives, and R(obs) rises from ~6 %
+to ~25 % (docs/measurement.md). Everything here is host-side numpy.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .errors import InputError
 
 
 def swept_range(
-    g_lab: Float[np.ndarray, "refl 3"], axis: Float[np.ndarray, "3"], half_width: float, sweep: str = "full"
+    g_lab: Float[np.ndarray, "refl 3"], axis: Float[np.ndarray, "3"], half_width: float, sweep: str = "half"
 ) -> Float[np.ndarray, " refl"]:
     """ΔS_g = |g_⊥axis| · Δφ [Å⁻¹]; Δφ = 2·half_width ("full") or half_width ("half"), [rad]."""
     if sweep not in ("full", "half"):
@@ -62,7 +62,7 @@ def select_frame_reflections(
     rsg: float,
     dsg: float,
     g_max: float,
-    sweep: str = "full",
+    sweep: str = "half",
 ) -> tuple[Bool[np.ndarray, " refl"], Float[np.ndarray, " refl"]]:
     """Selection mask and centre excitation errors S_g [Å⁻¹] of one frame's reflections.
 

@@ -1,0 +1,136 @@
+"""Score a crystal model against a continuous-rotation PETS2 dataset (host-side orchestration).
+
+Steps: frame orientations M_i (UB geometry) and the goniometer axis; per frame, the measured
+reflections kept by the Jana2020 rule (:mod:`edrefine.selection`); beam sets = union over the
+frame's tilts plus the kept reflections (:mod:`edrefine.measurement`); U(g) once on the shared
+coupling table (crystal cell); integrated intensities on the whole thickness grid from one
+eigendecomposition per tilt; per frame the thickness with the lowest weighted residual (its
+own closed-form scale); figures of merit (:mod:`edrefine.merit`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import measurement, merit, selection
+from .beams import centring_vectors, lattice_points
+from .crystal import Crystal
+from .diffraction import crystal_potential
+from .electron import crystal_wavenumber, energy_from_wavelength, lorentz_factor
+from .errors import InputError
+from .frames import frame_orientations, rotation_axis
+from .pets import PetsData
+from .structure_factor import form_factors_for, site_element_index
+
+
+def _settings(**kwargs) -> dict:
+    grid = kwargs["thickness_grid"]
+    kwargs["thickness_grid"] = [float(t) for t in np.atleast_1d(grid)]
+    return kwargs
+
+
+def score_dataset(
+    crystal: Crystal,
+    data: PetsData,
+    *,
+    g_max: float = 2.0,
+    sg_max: float = 0.01,
+    tilts: int = 42,
+    tilt_rule: str = "midpoint",
+    rsg: float = 0.9,
+    dsg: float = 0.0015,
+    sweep: str = "half",
+    thickness_search: bool = True,
+    thickness_grid: np.ndarray | float = np.arange(50.0, 2001.0, 25.0),
+    form_factors: str = "lobato",
+    absorption: float | None = None,
+    frames: np.ndarray | None = None,
+    details: bool = False,
+    integration_half_width: float | None = None,
+) -> dict:
+    """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
+
+    Args:
+        crystal: the model (its cell is used for structure factors only).
+        data: the PETS2 dataset; geometry from its UB and frame angles.
+        g_max: beam and reflection resolution limit [Å⁻¹]; sg_max: beam selection [Å⁻¹].
+        tilts, tilt_rule: quadrature over ±half-width (:func:`measurement.tilt_rule`).
+        rsg, dsg, sweep: the reflection-selection rule (:mod:`edrefine.selection`).
+        thickness_search: pick per frame the grid thickness with the lowest weighted residual;
+            otherwise ``thickness_grid`` must hold one value used by all frames.
+        thickness_grid: thicknesses [Å].
+        form_factors: "lobato", "kirkland" or "peng".
+        absorption: κ of a proportional absorptive potential (None: elastic).
+        frames: indices (file order) of a subset of frames; default all.
+        integration_half_width: tilt range ± this [deg] instead of the file's half-width
+            (the selection rule keeps the file's).
+        details: add per frame ``rows`` (reflection indices into ``data.reflections``),
+            ``fo``, ``fc`` (scaled), ``weight`` and ``observed`` arrays.
+
+    Returns:
+        dict with R_obs, wR_all, GoF, R_obs_frame_mean, wR_frame_mean, n_obs, n_all, seconds,
+        frames (per-frame dicts: id, thickness, scale, R_obs, wR, n_obs, n_all), settings.
+    """
+    start = time.perf_counter()
+    settings = _settings(g_max=g_max, sg_max=sg_max, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
+                         sweep=sweep, thickness_search=thickness_search, thickness_grid=thickness_grid,
+                         form_factors=form_factors, absorption=absorption)
+    grid = np.atleast_1d(np.asarray(thickness_grid, dtype=np.float64))
+    if not thickness_search and grid.size != 1:
+        raise InputError("without thickness search give exactly one thickness", source="thickness_grid")
+    index = np.arange(len(data.frames.id)) if frames is None else np.asarray(frames)
+    factors = form_factors_for(crystal, form_factors)
+    element_index = jnp.asarray(site_element_index(crystal, factors))
+    gamma = lorentz_factor(energy_from_wavelength(data.wavelength))
+    u0 = crystal_potential(crystal, factors, element_index, jnp.zeros((1, 3), dtype=jnp.int32), gamma)[0]
+    k_crystal = float(crystal_wavenumber(data.wavelength, jnp.real(u0)))
+
+    orientations = np.asarray(frame_orientations(data))[index]
+    axis = np.asarray(rotation_axis(data))
+    half_widths = np.deg2rad(np.asarray(data.frames.half_width, dtype=np.float64))[index]
+    integration = half_widths if integration_half_width is None else np.full_like(
+        half_widths, np.deg2rad(integration_half_width))
+    quadrature = [measurement.tilt_rule(tilts, hw, tilt_rule) for hw in integration]
+    refl = data.reflections
+    chosen = []
+    for f, frame_id in zip(index, data.frames.id[index]):
+        rows = np.flatnonzero(refl.frame_id == frame_id)
+        keep, _ = selection.select_frame_reflections(
+            refl.hkl[rows], orientations[len(chosen)], axis, half_widths[len(chosen)], k_crystal,
+            rsg=rsg, dsg=dsg, g_max=g_max, sweep=sweep)
+        chosen.append(rows[keep])
+
+    candidates = lattice_points(np.asarray(data.ub), g_max, centring_vectors(crystal.symops))
+    beam_sets = measurement.frame_beam_sets(
+        candidates, orientations, axis, [q[0] for q in quadrature], k_crystal, sg_max,
+        required=[refl.hkl[rows] for rows in chosen])
+    u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
+    intensity = measurement.integrate_frames(
+        u_table, beam_sets, orientations, axis, np.stack([q[0] for q in quadrature]),
+        np.stack([q[1] for q in quadrature]), data.wavelength, grid, absorption)
+
+    table = []
+    for f, rows in enumerate(chosen):
+        n_beams = int(beam_sets.mask[f].sum())
+        where = measurement.lookup_beams(beam_sets.hkl[f, :n_beams], refl.hkl[rows])
+        fo, w = merit.amplitudes_and_weights(refl.intensity[rows], refl.sigma[rows])
+        fc = np.sqrt(np.maximum(intensity[f][:, where], 0.0))  # [thickness, refl]
+        chi2, scales = merit.weighted_residual(fo[None, :], fc, w[None, :], axis=-1)
+        best = int(np.argmin(chi2)) if len(rows) else 0
+        obs = selection.observed(refl.intensity[rows], refl.sigma[rows])
+        figures = merit.frame_figures(fo, scales[best] * fc[best], w, obs)
+        row = {"id": int(data.frames.id[index[f]]), "thickness": float(grid[best]),
+               "scale": float(scales[best]), **figures}
+        if details:
+            row.update(rows=rows, fo=fo, fc=scales[best] * fc[best], weight=w, observed=obs)
+        table.append(row)
+    n_parameters = len(table) * (2 if thickness_search else 1)
+    result = merit.summarise(table, n_parameters)
+    for row in table:
+        row.pop("sums")
+    result.update(seconds=time.perf_counter() - start, frames=table, settings=settings,
+                  beams_per_frame=[int(c) for c in beam_sets.counts])
+    return result
