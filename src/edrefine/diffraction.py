@@ -15,6 +15,7 @@ the PETS2 and TEM convention (which points back towards the source).
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Complex, Float, Int
 
@@ -25,6 +26,7 @@ from .scattering import ScatteringFactors
 from .structure_factor import potential_coefficients
 
 
+@eqx.filter_jit
 def crystal_potential(
     crystal: Crystal,
     form_factors: ScatteringFactors,
