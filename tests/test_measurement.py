@@ -133,7 +133,7 @@ def test_gradient_with_respect_to_orientation_and_thickness():
         i = measurement.frame_intensities(u_table, jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]),
                                           jnp.asarray(sets.mask[0]), orientation, jnp.asarray(AXIS),
                                           jnp.asarray(nodes), jnp.asarray(weights), jnp.asarray(LAMBDA), x[1:])
-        return jnp.sum(i * probe)
+        return jnp.sum(i * probe[None, :])
 
     x = jnp.array([0.0, 210.0])
     gradient = jax.grad(loss)(x)

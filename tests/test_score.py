@@ -70,6 +70,7 @@ def test_simulate_then_score_recovers_zero_r_and_thickness():
 
 @pytest.mark.data
 def test_quartz_subset_ranks_the_enantiomers(shared_data):
+    """9 of the 99 quartz frames, 24 tilts: the published enantiomer scores clearly better."""
     from edrefine.cif import read_crystal
     from edrefine.pets import read_pets
 
@@ -79,8 +80,6 @@ def test_quartz_subset_ranks_the_enantiomers(shared_data):
                     thickness_grid=np.arange(100.0, 1201.0, 50.0))
     model = score_dataset(crystal, data, **settings)
     inverted = score_dataset(crystal.invert(), data, **settings)
-    assert model["R_obs_frame_mean"] < BOUND_MODEL
-    assert inverted["R_obs_frame_mean"] > model["R_obs_frame_mean"] + 0.005
-
-
-BOUND_MODEL = 0.08
+    # Measured: 6.49 % (model) and 8.53 % (inverted) per-frame mean, 230 reflections, ~35 s.
+    assert model["R_obs_frame_mean"] < 0.070
+    assert inverted["R_obs_frame_mean"] > model["R_obs_frame_mean"] + 0.01

@@ -26,6 +26,10 @@ from .pets import PetsData
 from .structure_factor import form_factors_for, site_element_index
 
 
+THICKNESS_GRID = np.arange(50.0, 2001.0, 25.0)
+"""Default thickness grid [Å] of the per-frame thickness search."""
+
+
 def _settings(**kwargs) -> dict:
     grid = kwargs["thickness_grid"]
     kwargs["thickness_grid"] = [float(t) for t in np.atleast_1d(grid)]
@@ -44,7 +48,7 @@ def score_dataset(
     dsg: float = 0.0015,
     sweep: str = "half",
     thickness_search: bool = True,
-    thickness_grid: np.ndarray | float = np.arange(50.0, 2001.0, 25.0),
+    thickness_grid: np.ndarray | float = THICKNESS_GRID,
     form_factors: str = "lobato",
     absorption: float | None = None,
     frames: np.ndarray | None = None,
@@ -77,7 +81,8 @@ def score_dataset(
     start = time.perf_counter()
     settings = _settings(g_max=g_max, sg_max=sg_max, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
                          sweep=sweep, thickness_search=thickness_search, thickness_grid=thickness_grid,
-                         form_factors=form_factors, absorption=absorption)
+                         form_factors=form_factors, absorption=absorption,
+                         integration_half_width=integration_half_width)
     grid = np.atleast_1d(np.asarray(thickness_grid, dtype=np.float64))
     if not thickness_search and grid.size != 1:
         raise InputError("without thickness search give exactly one thickness", source="thickness_grid")
@@ -93,44 +98,57 @@ def score_dataset(
     half_widths = np.deg2rad(np.asarray(data.frames.half_width, dtype=np.float64))[index]
     integration = half_widths if integration_half_width is None else np.full_like(
         half_widths, np.deg2rad(integration_half_width))
-    quadrature = [measurement.tilt_rule(tilts, hw, tilt_rule) for hw in integration]
-    refl = data.reflections
-    chosen = []
-    for f, frame_id in zip(index, data.frames.id[index]):
-        rows = np.flatnonzero(refl.frame_id == frame_id)
-        keep, _ = selection.select_frame_reflections(
-            refl.hkl[rows], orientations[len(chosen)], axis, half_widths[len(chosen)], k_crystal,
-            rsg=rsg, dsg=dsg, g_max=g_max, sweep=sweep)
-        chosen.append(rows[keep])
+    nodes, weights = (np.stack(q) for q in zip(*(measurement.tilt_rule(tilts, hw, tilt_rule) for hw in integration)))
+    chosen = _select(data, index, orientations, axis, half_widths, k_crystal, rsg=rsg, dsg=dsg, g_max=g_max,
+                     sweep=sweep)
 
     candidates = lattice_points(np.asarray(data.ub), g_max, centring_vectors(crystal.symops))
-    beam_sets = measurement.frame_beam_sets(
-        candidates, orientations, axis, [q[0] for q in quadrature], k_crystal, sg_max,
-        required=[refl.hkl[rows] for rows in chosen])
+    beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(nodes), k_crystal, sg_max,
+                                            required=[data.reflections.hkl[rows] for rows in chosen])
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
-    intensity = measurement.integrate_frames(
-        u_table, beam_sets, orientations, axis, np.stack([q[0] for q in quadrature]),
-        np.stack([q[1] for q in quadrature]), data.wavelength, grid, absorption)
-
-    table = []
-    for f, rows in enumerate(chosen):
-        n_beams = int(beam_sets.mask[f].sum())
-        where = measurement.lookup_beams(beam_sets.hkl[f, :n_beams], refl.hkl[rows])
-        fo, w = merit.amplitudes_and_weights(refl.intensity[rows], refl.sigma[rows])
-        fc = np.sqrt(np.maximum(intensity[f][:, where], 0.0))  # [thickness, refl]
-        chi2, scales = merit.weighted_residual(fo[None, :], fc, w[None, :], axis=-1)
-        best = int(np.argmin(chi2)) if len(rows) else 0
-        obs = selection.observed(refl.intensity[rows], refl.sigma[rows])
-        figures = merit.frame_figures(fo, scales[best] * fc[best], w, obs)
-        row = {"id": int(data.frames.id[index[f]]), "thickness": float(grid[best]),
-               "scale": float(scales[best]), **figures}
-        if details:
-            row.update(rows=rows, fo=fo, fc=scales[best] * fc[best], weight=w, observed=obs)
-        table.append(row)
-    n_parameters = len(table) * (2 if thickness_search else 1)
-    result = merit.summarise(table, n_parameters)
+    intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
+                                             data.wavelength, grid, absorption)
+    table = [
+        _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i], grid,
+                   details)
+        for i, (f, rows) in enumerate(zip(index, chosen))
+    ]
+    result = merit.summarise(table, len(table) * (2 if thickness_search else 1))
     for row in table:
         row.pop("sums")
     result.update(seconds=time.perf_counter() - start, frames=table, settings=settings,
                   beams_per_frame=[int(c) for c in beam_sets.counts])
     return result
+
+
+def _select(data, index, orientations, axis, half_widths, k_crystal, **rule) -> list[np.ndarray]:
+    """Per frame, the rows of ``data.reflections`` kept by the selection rule."""
+    refl = data.reflections
+    chosen = []
+    for i, frame_id in enumerate(data.frames.id[index]):
+        rows = np.flatnonzero(refl.frame_id == frame_id)
+        keep, _ = selection.select_frame_reflections(
+            refl.hkl[rows], orientations[i], axis, half_widths[i], k_crystal, **rule)
+        chosen.append(rows[keep])
+    return chosen
+
+
+def _frame_row(data, frame_id, rows, beam_hkl, intensity, grid, details) -> dict:
+    """Best thickness (lowest χ² with its own closed-form scale) and figures of one frame.
+
+    ``intensity`` is [thickness, beam] over the frame's (unpadded) ``beam_hkl``.
+    """
+    refl = data.reflections
+    where = measurement.lookup_beams(beam_hkl, refl.hkl[rows])
+    if np.any(where < 0):
+        raise ValueError(f"frame {frame_id}: a selected reflection is missing from its beam set")
+    fo, w = merit.amplitudes_and_weights(refl.intensity[rows], refl.sigma[rows])
+    fc = np.sqrt(np.maximum(intensity[:, where], 0.0))
+    chi2, scales = merit.weighted_residual(fo[None, :], fc, w[None, :], axis=-1)
+    best = int(np.argmin(chi2)) if len(rows) else 0
+    obs = selection.observed(refl.intensity[rows], refl.sigma[rows])
+    row = {"id": frame_id, "thickness": float(grid[best]), "scale": float(scales[best]),
+           **merit.frame_figures(fo, scales[best] * fc[best], w, obs)}
+    if details:
+        row.update(rows=rows, fo=fo, fc=scales[best] * fc[best], weight=w, observed=obs)
+    return row
