@@ -48,3 +48,42 @@ def test_pattern_bad_settings_give_one_line(args, message):
 def test_missing_structure_file(tmp_path):
     result = run("pattern", "--structure", str(tmp_path / "none.cif"), "--zone", "1", "0", "0", "--thickness", "10")
     assert result.returncode == 2 and "none.cif" in result.stderr and "Traceback" not in result.stderr
+
+
+
+
+@pytest.mark.data
+def test_score_json_and_config(tmp_path, shared_data):
+    config = tmp_path / "calc.toml"
+    config.write_text("gmax = 1.0\nsgmax = 0.01\ntilts = 6\n[calculation]\nrsg = 0.9\n")
+    out = tmp_path / "score.json"
+    result = run("score", "--structure", str(shared_data / "quartz" / "enantiomer_1.cif"),
+                 "--data", str(shared_data / "quartz" / "quartz.cif_pets"), "--thickness-search",
+                 "--config", str(config), "--dsg", "0.0015", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    for key in ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "seconds"):
+        assert key in payload
+    assert payload["settings"]["g_max"] == 1.0 and payload["settings"]["dsg"] == 0.0015
+    assert len(payload["frames"]) == 99 and 0 < payload["R_obs_frame_mean"] < 0.15
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--thickness"),
+        (["--thickness", "300", "--gmax", "-1"], "gmax"),
+        (["--thickness", "300", "--tilts", "0"], "tilts"),
+        (["--thickness", "300", "--config", "CONFIG"], "unknown setting 'gmaxx'"),
+    ],
+)
+def test_score_bad_settings(tmp_path, shared_data, extra, message):
+    config = tmp_path / "bad.toml"
+    config.write_text("gmaxx = 2\n")
+    extra = [str(config) if e == "CONFIG" else e for e in extra]
+    result = run("score", "--structure", str(shared_data / "quartz" / "enantiomer_1.cif"),
+                 "--data", str(shared_data / "quartz" / "quartz.cif_pets"), *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

@@ -8,7 +8,8 @@ The public API, by layer (see ARCHITECTURE.md):
   :func:`potential_coefficients`; the beam: :func:`wavelength`, :func:`lorentz_factor`;
 * Bloch waves: :func:`structure_matrix`, :func:`absorptive_matrix`, :func:`propagate`,
   :func:`orientation_amplitudes`, beam sets :func:`select_beams`, :func:`pad_beam_sets`;
-* data: :func:`read_pets`, :func:`write_pets`, :func:`frame_orientations`.
+* data: :func:`read_pets`, :func:`write_pets`, :func:`frame_orientations`;
+* the 3D-ED measurement: :func:`score_dataset` with :class:`CalculationSettings`.
 
 Precision is chosen by the caller (``jax.config.update("jax_enable_x64", True)`` for float64);
 importing edrefine changes no JAX setting.
@@ -24,18 +25,20 @@ from .errors import InputError
 from .frames import frame_orientations, rotation_axis
 from .pattern import Pattern, simulate_pattern
 from .pets import PetsData, read_pets, write_pets
+from .score import score_dataset
+from .settings import CalculationSettings
 from .scattering import PARAMETRISATIONS, ScatteringFactors, element_symbol, load_scattering_factors
 from .structure_factor import debye_waller, potential_coefficients, structure_factors
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AtomsInCell", "BeamSets", "Cell", "Crystal", "InputError", "PARAMETRISATIONS", "Pattern", "PetsData",
+    "AtomsInCell", "BeamSets", "CalculationSettings", "Cell", "Crystal", "InputError", "PARAMETRISATIONS", "Pattern", "PetsData",
     "ScatteringFactors", "SiteParameters", "absorptive_matrix", "build_crystal", "centring_vectors",
     "coordinate_rmsd", "crystal_potential", "debye_waller", "element_symbol", "energy_from_wavelength",
     "frame_orientations", "incident_geometry", "lattice_points", "load_scattering_factors", "lorentz_factor",
     "orientation_amplitudes", "pad_beam_sets", "perturb", "potential_coefficients", "propagate",
     "read_crystal", "read_crystal_with_uncertainties", "read_pets", "rotation_axis", "select_beams",
-    "simulate_pattern", "structure_factors", "structure_matrix", "thickness_phase", "wavelength",
+    "score_dataset", "simulate_pattern", "structure_factors", "structure_matrix", "thickness_phase", "wavelength",
     "write_crystal", "write_pets", "__version__",
 ]

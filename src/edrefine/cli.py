@@ -92,11 +92,115 @@ def pattern(
         console.print(f"wrote {len(result.records())} records to {json_out}")
 
 
+GMAX = typer.Option("--gmax", help="Largest |g| of a beam and of a scored reflection [Å⁻¹] (default 2.0).")
+SGMAX = typer.Option("--sgmax", help="Largest |S_g| of a beam over a frame's tilts [Å⁻¹] (default 0.01).")
+TILTS = typer.Option("--tilts", help="Tilt samples across a frame's ±half-width (default 42).")
+RSG = typer.Option("--rsg", help="Keep reflections with |S_g|/ΔS_g < RSg (default 0.9).")
+DSG = typer.Option("--dsg", help="... and ΔS_g − |S_g| > DSg [Å⁻¹] (default 0.0015).")
+CONFIG = typer.Option("--config", help="TOML file with calculation settings (flags override it).")
+
+
+@app.command()
+def score(
+    structure: Annotated[Path, typer.Option(help="Crystal structure (small-molecule CIF).")],
+    data: Annotated[Path, typer.Option(help="PETS2 dataset (.cif_pets / _dyn.cif_pets).")],
+    thickness_search: Annotated[
+        bool, typer.Option("--thickness-search", help="Choose each frame's thickness on a grid (best weighted fit).")
+    ] = False,
+    thickness: Annotated[Optional[float], typer.Option(help="One thickness for all frames [Å] (no search).")] = None,
+    gmax: Annotated[Optional[float], GMAX] = None,
+    sgmax: Annotated[Optional[float], SGMAX] = None,
+    tilts: Annotated[Optional[int], TILTS] = None,
+    rsg: Annotated[Optional[float], RSG] = None,
+    dsg: Annotated[Optional[float], DSG] = None,
+    form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
+    absorption: Annotated[Optional[float], typer.Option(help="κ of U' = κU (default: elastic).")] = None,
+    config: Annotated[Optional[Path], CONFIG] = None,
+    drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
+    per_frame: Annotated[bool, typer.Option(help="Print the per-frame table.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures of merit here.")] = None,
+) -> None:
+    """R values of a fixed model on a 3D-ED dataset (Jana form and per-frame means)."""
+    from .cif import read_crystal
+    from .pets import read_pets
+    from .score import score_dataset
+    from .settings import resolve_settings
+
+    settings = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, rsg=rsg, dsg=dsg,
+                                form_factors=form_factors, absorption=absorption)
+    if not thickness_search and thickness is None:
+        raise InputError("give --thickness T for one thickness, or --thickness-search", source="thickness")
+    if thickness is not None and not thickness > 0:
+        raise InputError(f"must be positive, got {thickness}", source="thickness")
+    crystal = read_crystal(structure)
+    dataset = read_pets(data, zero_sigma="drop" if drop_zero_sigma else "raise")
+    grid = settings.thickness_grid() if thickness_search else [thickness]
+    with _progress("integrating frames") as (bar, task):
+        result = score_dataset(crystal, dataset, thickness_search=thickness_search, thickness_grid=grid,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total),
+                               **settings.score_arguments())
+    result["structure"], result["data"] = str(structure), str(data)
+    _print_scores(result, per_frame)
+    if json_out is not None:
+        _write_json(json_out, result)
+        console.print(f"wrote {json_out}")
+
+
+def _progress(description: str):
+    """A rich progress bar as a context manager yielding (progress, task id)."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as progress:
+            yield progress, progress.add_task(description, total=None)
+
+    return bar()
+
+
+def _print_scores(result: dict, per_frame: bool) -> None:
+    table = Table(title="Figures of merit (on |F| = √I; observed: I > 3σ)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, label in (("R_obs", "R(obs), Jana form"), ("wR_all", "wR(all), Jana form"), ("GoF", "GoF"),
+                       ("R_obs_frame_mean", "R_obs, mean of frames (published method)"),
+                       ("wR_frame_mean", "wR, mean of frames (published method)")):
+        value = result[key]
+        table.add_row(label, f"{value:.3f}" if key == "GoF" else f"{100 * value:.2f} %")
+    table.add_row("reflections observed / all", f"{result['n_obs']} / {result['n_all']}")
+    table.add_row("time", f"{result['seconds']:.1f} s")
+    console.print(table)
+    if per_frame:
+        frames = Table(title="Per frame")
+        for column in ("frame", "thickness [Å]", "scale", "R_obs", "wR", "obs/all"):
+            frames.add_column(column, justify="right")
+        for row in result["frames"]:
+            frames.add_row(str(row["id"]), f"{row['thickness']:.0f}", f"{row['scale']:.4g}",
+                           f"{100 * row['R_obs']:.2f} %", f"{100 * row['wR']:.2f} %", f"{row['n_obs']}/{row['n_all']}")
+        console.print(frames)
+
+
 def _write_json(path: Path, payload: object) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
+    try:
+        temporary.write_text(json.dumps(payload, indent=1, default=_json_default))
+    except OSError as error:
+        raise InputError(f"cannot write: {error.strerror}", source=str(path)) from None
     os.replace(temporary, path)
+
+
+def _json_default(value: object) -> object:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _expand_multi_value_options(argv: list[str]) -> list[str]:

@@ -18,6 +18,8 @@ Host-side (numpy) parts choose the beams; the jitted part (:func:`frame_intensit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from collections.abc import Sequence
 
 import jax
@@ -152,6 +154,7 @@ def integrate_frames(
     wavelength: float,
     thickness: Float[np.ndarray, "frame thickness"] | Float[np.ndarray, " thickness"],
     absorption: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Float[np.ndarray, "frame thickness beam"]:
     """Integrated intensities of every frame at its thickness nodes (host loop over frames).
 
@@ -166,6 +169,8 @@ def integrate_frames(
         tilts, weights: per-frame quadrature from :func:`tilt_rule` [rad].
         wavelength: λ [Å].
         thickness: nodes [Å], shared [T] or per frame [frame, T].
+        absorption: κ of the proportional absorptive potential, or None.
+        progress: called with the number of frames done after each frame.
 
     Returns:
         numpy [frame, thickness, beam]; zero on padded beams.
@@ -182,6 +187,9 @@ def integrate_frames(
                 jnp.asarray(tilts[f]), jnp.asarray(weights[f]), jnp.asarray(wavelength), jnp.asarray(thickness[f]), kappa,
             )
         )
+        if progress is not None:
+            out[-1] = np.asarray(out[-1])
+            progress(f + 1)
     return np.stack([np.asarray(o) for o in out])
 
 

@@ -10,6 +10,8 @@ own closed-form scale); figures of merit (:mod:`edrefine.merit`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import time
 
 import jax.numpy as jnp
@@ -54,6 +56,7 @@ def score_dataset(
     frames: np.ndarray | None = None,
     details: bool = False,
     integration_half_width: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
 
@@ -73,6 +76,7 @@ def score_dataset(
             (the selection rule keeps the file's).
         details: add per frame ``rows`` (reflection indices into ``data.reflections``),
             ``fo``, ``fc`` (scaled), ``weight`` and ``observed`` arrays.
+        progress: called as ``progress(done, total)`` after each frame is integrated.
 
     Returns:
         dict with R_obs, wR_all, GoF, R_obs_frame_mean, wR_frame_mean, n_obs, n_all, seconds,
@@ -107,7 +111,8 @@ def score_dataset(
                                             required=[data.reflections.hkl[rows] for rows in chosen])
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
     intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                             data.wavelength, grid, absorption)
+                                             data.wavelength, grid, absorption,
+                                             None if progress is None else lambda done: progress(done, len(index)))
     table = [
         _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i], grid,
                    details)

@@ -1,0 +1,116 @@
+"""Calculation settings shared by every command that simulates: defaults, TOML files, flags.
+
+Precedence: defaults < the TOML file given with ``--config`` < flags given on the command line.
+A TOML file holds the same names as the flags (with ``-`` or ``_``), at top level or under a
+``[calculation]`` table, e.g.::
+
+    gmax = 2.0
+    sgmax = 0.01
+    tilts = 42
+    rsg = 0.9
+    dsg = 0.0015
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+
+from .errors import InputError
+from .scattering import PARAMETRISATIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class CalculationSettings:
+    """Settings of the dynamical calculation and of the reflection selection.
+
+    Attributes:
+        gmax: largest |g| of a beam and of a scored reflection [Å⁻¹].
+        sgmax: largest |S_g| of a beam over the frame's tilts [Å⁻¹].
+        tilts: quadrature points across a frame's ±half-width.
+        tilt_rule: "midpoint", "uniform" or "gauss".
+        rsg: keep a reflection if |S_g| / ΔS_g < rsg (Klar et al. 2023).
+        dsg: ... and ΔS_g − |S_g| > dsg [Å⁻¹].
+        form_factors: "lobato", "kirkland" or "peng".
+        absorption: κ of U′ = κU, or None for an elastic calculation.
+        thickness_min, thickness_max, thickness_step: thickness-search grid [Å].
+    """
+
+    gmax: float = 2.0
+    sgmax: float = 0.01
+    tilts: int = 42
+    tilt_rule: str = "midpoint"
+    rsg: float = 0.9
+    dsg: float = 0.0015
+    form_factors: str = "lobato"
+    absorption: float | None = None
+    thickness_min: float = 50.0
+    thickness_max: float = 2000.0
+    thickness_step: float = 25.0
+
+    def __post_init__(self) -> None:
+        positive = ("gmax", "sgmax", "rsg", "thickness_min", "thickness_max", "thickness_step")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InputError(f"must be a positive number, got {value!r}", source=name)
+        if not (isinstance(self.dsg, (int, float)) and math.isfinite(self.dsg) and self.dsg >= 0):
+            raise InputError(f"must be a non-negative number, got {self.dsg!r}", source="dsg")
+        if not (isinstance(self.tilts, int) and self.tilts >= 1):
+            raise InputError(f"must be a positive integer, got {self.tilts!r}", source="tilts")
+        if self.tilt_rule not in ("midpoint", "uniform", "gauss"):
+            raise InputError(f"must be midpoint, uniform or gauss, got {self.tilt_rule!r}", source="tilt_rule")
+        if self.form_factors.lower() not in PARAMETRISATIONS + ("itc", "c4322"):
+            raise InputError(f"unknown parametrisation {self.form_factors!r}", source="form-factors")
+        if self.absorption is not None and not (math.isfinite(self.absorption) and self.absorption >= 0):
+            raise InputError(f"must be a non-negative number, got {self.absorption!r}", source="absorption")
+        if self.thickness_max < self.thickness_min:
+            raise InputError("thickness_max is below thickness_min", source="thickness_max")
+
+    def thickness_grid(self) -> list[float]:
+        """The thickness-search grid [Å], both ends included."""
+        count = int(math.floor((self.thickness_max - self.thickness_min) / self.thickness_step + 1e-9)) + 1
+        return [self.thickness_min + i * self.thickness_step for i in range(count)]
+
+    def score_arguments(self) -> dict:
+        """Keyword arguments of :func:`edrefine.score.score_dataset`."""
+        return dict(g_max=self.gmax, sg_max=self.sgmax, tilts=self.tilts, tilt_rule=self.tilt_rule, rsg=self.rsg,
+                    dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption)
+
+
+FIELDS = {f.name for f in dataclasses.fields(CalculationSettings)}
+
+
+def read_config(path: Path | None) -> dict:
+    """Settings from a TOML file (names as the flags); unknown names are an error."""
+    if path is None:
+        return {}
+    try:
+        table = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"not valid TOML: {error}", source=str(path)) from None
+    table = {**{k: v for k, v in table.items() if not isinstance(v, dict)}, **table.get("calculation", {})}
+    values = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise InputError(f"unknown setting '{key}' (known: {', '.join(sorted(FIELDS))})", source=str(path))
+        values[name] = value
+    return values
+
+
+def resolve_settings(config: Path | None, **flags) -> CalculationSettings:
+    """Defaults, then the TOML file, then the flags that were given (not None)."""
+    values = read_config(config)
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(given)
+    try:
+        return CalculationSettings(**values)
+    except InputError as error:
+        if config is not None and error.source in values and error.source not in given:
+            raise InputError(f"{error.source}: {error.message}", source=str(config)) from None
+        raise
