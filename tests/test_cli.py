@@ -87,3 +87,28 @@ def test_score_bad_settings(tmp_path, shared_data, extra, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_simulate_then_score(tmp_path):
+    data = tmp_path / "sim.cif_pets"
+    common = ["--gmax", "1.0", "--tilts", "6"]
+    result = run("simulate", "--structure", str(EXAMPLES / "quartz.cif"), "--alpha-range", "-10", "10", "--step", "2",
+                 "--half-width", "1", "--thickness", "constant:300", "--counts", "1e9", "--seed", "4",
+                 "--out", str(data), *common)
+    assert result.returncode == 0, result.stderr
+    again = run("simulate", "--structure", str(EXAMPLES / "quartz.cif"), "--alpha-range", "-10", "10",
+                "--thickness", "constant:300", "--out", str(data), *common)
+    assert again.returncode == 2 and "exists" in again.stderr
+    out = tmp_path / "score.json"
+    scored = run("score", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(data), "--thickness", "300",
+                 "--json", str(out), *common)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(out.read_text())["R_obs_frame_mean"] < 0.01
+
+
+@pytest.mark.parametrize("model", ["wedge:600,200", "constant:-3", "cone:5", "bimodal:100,300,1.5"])
+def test_simulate_bad_thickness_model(tmp_path, model):
+    result = run("simulate", "--structure", str(EXAMPLES / "quartz.cif"), "--alpha-range", "-10", "10",
+                 "--thickness", model, "--out", str(tmp_path / "x.cif_pets"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "thickness" in result.stderr and "Traceback" not in result.stderr

@@ -26,6 +26,7 @@ from .frames import frame_orientations, rotation_axis
 from .pattern import Pattern, simulate_pattern
 from .pets import PetsData, read_pets, write_pets
 from .score import score_dataset
+from .simulation import simulate_dataset, synthetic_template
 from .settings import CalculationSettings
 from .scattering import PARAMETRISATIONS, ScatteringFactors, element_symbol, load_scattering_factors
 from .structure_factor import debye_waller, potential_coefficients, structure_factors
@@ -39,6 +40,6 @@ __all__ = [
     "frame_orientations", "incident_geometry", "lattice_points", "load_scattering_factors", "lorentz_factor",
     "orientation_amplitudes", "pad_beam_sets", "perturb", "potential_coefficients", "propagate",
     "read_crystal", "read_crystal_with_uncertainties", "read_pets", "rotation_axis", "select_beams",
-    "score_dataset", "simulate_pattern", "structure_factors", "structure_matrix", "thickness_phase", "wavelength",
+    "score_dataset", "simulate_dataset", "simulate_pattern", "synthetic_template", "structure_factors", "structure_matrix", "thickness_phase", "wavelength",
     "write_crystal", "write_pets", "__version__",
 ]
