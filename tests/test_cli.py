@@ -112,3 +112,8 @@ def test_simulate_bad_thickness_model(tmp_path, model):
                  "--thickness", model, "--out", str(tmp_path / "x.cif_pets"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "thickness" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_usage_error_has_no_traceback():
+    result = run("pattern", "--structure", str(EXAMPLES / "quartz.cif"), "--zone", "1", "0", "--thickness", "10")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--zone" in result.stderr

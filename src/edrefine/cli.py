@@ -288,21 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``edrefine`` script."""
     arguments = _expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=arguments, prog_name="edrefine", standalone_mode=False)
+        app(args=arguments, prog_name="edrefine")
     except InputError as error:
         print(f"edrefine: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("edrefine: interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (typer.Abort,):
-        sys.exit(1)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
