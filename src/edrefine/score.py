@@ -56,6 +56,9 @@ def score_dataset(
     frames: np.ndarray | None = None,
     details: bool = False,
     integration_half_width: float | None = None,
+    geometry: str = "rotation",
+    precession_steps: int = 24,
+    mosaicity: float | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
@@ -74,6 +77,13 @@ def score_dataset(
         frames: indices (file order) of a subset of frames; default all.
         integration_half_width: tilt range ± this [deg] instead of the file's half-width
             (the selection rule keeps the file's).
+        geometry: "rotation" (continuous rotation, the default) or "precession": every frame is
+            a precession cone of half-angle = the file's ``precession_angle`` column (for a
+            precession file; :func:`measurement.precession_orientations`) sampled at
+            ``precession_steps`` azimuths; "file" takes it from the measurement details.
+        mosaicity: Gaussian mosaic spread σ [deg] about the goniometer axis
+            (:func:`measurement.mosaic_rule`), "file" for the file's ``mosaicity``; None: off.
+            With rotation it needs ``tilt_rule="midpoint"`` and adds ⌈3σ/Δ⌉ tilts per side.
         details: add per frame ``rows`` (reflection indices into ``data.reflections``),
             ``fo``, ``fc`` (scaled), ``weight`` and ``observed`` arrays.
         progress: called as ``progress(done, total)`` after each frame is integrated.
@@ -86,7 +96,8 @@ def score_dataset(
     settings = _settings(g_max=g_max, sg_max=sg_max, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
                          sweep=sweep, thickness_search=thickness_search, thickness_grid=thickness_grid,
                          form_factors=form_factors, absorption=absorption,
-                         integration_half_width=integration_half_width)
+                         integration_half_width=integration_half_width, geometry=geometry,
+                         precession_steps=precession_steps, mosaicity=mosaicity)
     grid = np.atleast_1d(np.asarray(thickness_grid, dtype=np.float64))
     if not thickness_search and grid.size != 1:
         raise InputError("without thickness search give exactly one thickness", source="thickness_grid")
@@ -102,17 +113,31 @@ def score_dataset(
     half_widths = np.deg2rad(np.asarray(data.frames.half_width, dtype=np.float64))[index]
     integration = half_widths if integration_half_width is None else np.full_like(
         half_widths, np.deg2rad(integration_half_width))
-    nodes, weights = (np.stack(q) for q in zip(*(measurement.tilt_rule(tilts, hw, tilt_rule) for hw in integration)))
-    chosen = _select(data, index, orientations, axis, half_widths, k_crystal, rsg=rsg, dsg=dsg, g_max=g_max,
-                     sweep=sweep)
+    precession, sigma = _measurement_mode(data, geometry, mosaicity)
+    if precession:
+        nodes, weights = _precession_stacks(orientations, axis, half_widths, precession_steps, sigma)
+        chosen = _select(data, index, orientations, np.array([0.0, 0.0, 1.0]), half_widths, k_crystal, rsg=rsg,
+                         dsg=dsg, g_max=g_max, sweep=sweep)
+    else:
+        nodes, weights = _rotation_quadrature(tilts, tilt_rule, integration, sigma)
+        chosen = _select(data, index, orientations, axis, half_widths, k_crystal, rsg=rsg, dsg=dsg, g_max=g_max,
+                         sweep=sweep)
 
     candidates = lattice_points(np.asarray(data.ub), g_max, centring_vectors(crystal.symops))
-    beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(nodes), k_crystal, sg_max,
-                                            required=[data.reflections.hkl[rows] for rows in chosen])
+    required = [data.reflections.hkl[rows] for rows in chosen]
+    report = None if progress is None else lambda done: progress(done, len(index))
+    if precession:
+        beam_sets = measurement.orientation_beam_sets(candidates, nodes, k_crystal, sg_max, required=required)
+    else:
+        beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(nodes), k_crystal, sg_max,
+                                                required=required)
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
-    intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                             data.wavelength, grid, absorption,
-                                             None if progress is None else lambda done: progress(done, len(index)))
+    if precession:
+        intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
+                                                       absorption, report)
+    else:
+        intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
+                                                 data.wavelength, grid, absorption, report)
     table = [
         _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i], grid,
                    details)
@@ -124,6 +149,43 @@ def score_dataset(
     result.update(seconds=time.perf_counter() - start, frames=table, settings=settings,
                   beams_per_frame=[int(c) for c in beam_sets.counts])
     return result
+
+
+def _measurement_mode(data: PetsData, geometry: str, mosaicity: float | str | None) -> tuple[bool, float]:
+    """(precession?, mosaic σ [rad]) from the options, "file" reading the measurement details."""
+    if geometry == "file":
+        geometry = "precession" if "precession" in (data.measurement.geometry or "").lower() else "rotation"
+    if geometry not in ("rotation", "precession"):
+        raise InputError(f"geometry must be 'rotation', 'precession' or 'file', got {geometry!r}", source="geometry")
+    if isinstance(mosaicity, str):
+        if mosaicity != "file" or data.measurement.mosaicity is None:
+            raise InputError(f"mosaicity {mosaicity!r}: give degrees, or 'file' with a mosaicity in the file",
+                             source="mosaicity")
+        mosaicity = data.measurement.mosaicity
+    return geometry == "precession", float(np.deg2rad(mosaicity or 0.0))
+
+
+def _rotation_quadrature(count: int, rule: str, half_widths: np.ndarray, sigma: float):
+    """Per-frame tilt nodes and weights [frame, tilt], zero-weight padded to one length."""
+    if sigma > 0 and rule != "midpoint":
+        raise InputError("a mosaic spread needs tilt_rule='midpoint'", source="tilt_rule")
+    rules = [measurement.mosaic_rule(count, hw, sigma) if sigma > 0 else measurement.tilt_rule(count, hw, rule)
+             for hw in half_widths]
+    n = max(len(r[0]) for r in rules)
+    return (np.stack([np.pad(r[i], (0, n - len(r[i]))) for r in rules]) for i in (0, 1))
+
+
+def _precession_stacks(orientations, axis, angles, steps: int, sigma: float):
+    """Per-frame cone orientations [frame, k, 3, 3] and weights (× mosaic tilts when σ > 0)."""
+    stacks, weights = [], []
+    for m, phi in zip(orientations, angles):
+        stack, w = measurement.precession_orientations(jnp.asarray(m), phi, steps)
+        if sigma > 0:
+            tilt, v = measurement.mosaic_rule(1, 0.0, sigma)
+            stack, w = measurement.mosaic_orientations(stack, w, jnp.asarray(axis), jnp.asarray(tilt), jnp.asarray(v))
+        stacks.append(np.asarray(stack))
+        weights.append(np.asarray(w))
+    return np.stack(stacks), np.stack(weights)
 
 
 def _select(data, index, orientations, axis, half_widths, k_crystal, **rule) -> list[np.ndarray]:
