@@ -116,6 +116,13 @@ def score(
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
     absorption: Annotated[Optional[float], typer.Option(help="κ of U' = κU (default: elastic).")] = None,
     config: Annotated[Optional[Path], CONFIG] = None,
+    geometry: Annotated[
+        str, typer.Option(help="rotation (continuous rotation), precession, or file (as the file's details say).")
+    ] = "rotation",
+    precession_steps: Annotated[int, typer.Option(help="Orientations on the precession cone.")] = 24,
+    mosaicity: Annotated[
+        Optional[str], typer.Option(help="Mosaic spread σ [deg], or 'file' for the file's mosaicity (default: none).")
+    ] = None,
     drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
     per_frame: Annotated[bool, typer.Option(help="Print the per-frame table.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures of merit here.")] = None,
@@ -135,8 +142,10 @@ def score(
     crystal = read_crystal(structure)
     dataset = read_pets(data, zero_sigma="drop" if drop_zero_sigma else "raise")
     grid = settings.thickness_grid() if thickness_search else [thickness]
+    mosaic = _mosaicity(mosaicity)
     with _progress("integrating frames") as (bar, task):
         result = score_dataset(crystal, dataset, thickness_search=thickness_search, thickness_grid=grid,
+                               geometry=geometry, precession_steps=precession_steps, mosaicity=mosaic,
                                progress=lambda done, total: bar.update(task, completed=done, total=total),
                                **settings.score_arguments())
     result["structure"], result["data"] = str(structure), str(data)
@@ -202,6 +211,19 @@ def simulate(
     dataset = simulate_dataset(crystal, geometry, model, counts=counts, seed=seed, noise=noise, **arguments)
     write_pets(out, dataset)
     console.print(f"wrote {len(dataset.reflections.hkl)} reflections in {len(dataset.frames.id)} frames to {out}")
+
+
+def _mosaicity(text: str | None) -> float | str | None:
+    """The --mosaicity value: None, "file", or a non-negative σ in degrees."""
+    if text is None or text == "file":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"expected a number or 'file', got {text!r}", source="mosaicity") from None
+    if not value >= 0:
+        raise InputError(f"must be non-negative, got {value}", source="mosaicity")
+    return value
 
 
 def _progress(description: str):
