@@ -248,3 +248,20 @@ def test_zone_axis_eigenvalues_are_degenerate(zone, largest_gap):
     matrix = bloch.structure_matrix(s, u_table[sets.coupling_index[0]], k, gn, kn, jnp.asarray(sets.mask[0]))
     eigenvalues = np.linalg.eigvalsh(np.asarray(matrix)[:n, :n])
     assert np.min(np.diff(eigenvalues)) < largest_gap
+
+
+def test_centrosymmetric_potential_is_real_and_gives_the_complex_result():
+    """With an inversion centre at the origin U(g) is returned real (real-arithmetic path);
+    the intensities equal those of the same table carried as complex numbers."""
+    crystal = silicon()
+    direction = general_direction(crystal)
+    factors, index, sets, n = setup(crystal, direction, g_max=1.3, sg_max=0.02)
+    u_table = crystal_potential(crystal, factors, index, jnp.asarray(sets.coupling_hkl), GAMMA)
+    assert not jnp.iscomplexobj(u_table)
+    arguments = (jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]), jnp.asarray(sets.mask[0]),
+                 crystal.cell.reciprocal_matrix(), jnp.asarray(direction), LAMBDA, jnp.asarray([120.0, 480.0]))
+    real = orientation_amplitudes(u_table, *arguments)
+    complex_ = orientation_amplitudes(u_table.astype(jnp.complex128), *arguments)
+    np.testing.assert_allclose(np.abs(np.asarray(real)) ** 2, np.abs(np.asarray(complex_)) ** 2, atol=1e-12)
+    assert jnp.iscomplexobj(crystal_potential(quartz(), form_factors_for(quartz()), jnp.asarray([0, 1]),
+                                              jnp.asarray(sets.coupling_hkl[:5]), GAMMA))

@@ -83,8 +83,21 @@ def potential_coefficients(
     """Potential coefficients U(g) = γ F(−g) / (π Ω) [Å⁻²] for the vectors g = ``hkl``.
 
     U(g_i − g_j) is the coupling of beam j into beam i in the Bloch-wave structure matrix;
-    U(0) is the mean inner potential U₀.
+    U(0) is the mean inner potential U₀. When the space group has an inversion centre at the
+    origin, U(g) is real for every parameter value, and a real array is returned so that the
+    structure matrix and its eigendecomposition run in real arithmetic (about four times
+    cheaper than complex).
     """
     hkl = jnp.asarray(hkl, dtype=crystal.cell.a.dtype)
     f_minus = structure_factors(crystal.expand(), form_factors, element_index, -hkl, crystal.cell.reciprocal_matrix())
-    return potential_from_structure_factor(f_minus, gamma, crystal.cell.volume())
+    potential = potential_from_structure_factor(f_minus, gamma, crystal.cell.volume())
+    return jnp.real(potential) if is_centrosymmetric_at_origin(crystal) else potential
+
+
+def is_centrosymmetric_at_origin(crystal: Crystal) -> bool:
+    """True when −x, −y, −z is one of the space-group operators (host side, static)."""
+    return any(_is_inversion(triplet) for triplet in crystal.symops)
+
+
+def _is_inversion(triplet: str) -> bool:
+    return "".join(triplet.lower().split()) == "-x,-y,-z"
