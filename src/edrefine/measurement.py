@@ -133,19 +133,10 @@ def frame_intensities(
 
     Differentiable in every floating argument; ``vmap``-ed over tilts internally.
     """
-    direction = jnp.asarray(LAB_BEAM, dtype=orientation.dtype)
-
-    def one_tilt(delta):
-        m = tilted_orientation(orientation, axis, delta)
-        psi = orientation_amplitudes(
-            u_table, coupling_index, beam_hkl, beam_mask, m, direction, wavelength, thickness, absorption=absorption
-        )
-        return jnp.where(beam_mask, jnp.real(psi) ** 2 + jnp.imag(psi) ** 2, 0.0)
-
-    return jnp.einsum("j,jtb->tb", weights, jax.vmap(one_tilt)(tilts))
-
-
-_frame_intensities_jit = jax.jit(frame_intensities)
+    stack = rotation_orientations(orientation, axis, tilts)
+    return orientation_intensities(
+        u_table, coupling_index, beam_hkl, beam_mask, stack, weights, wavelength, thickness, absorption
+    )
 
 
 def integrate_frames(
@@ -179,22 +170,9 @@ def integrate_frames(
     Returns:
         numpy [frame, thickness, beam]; zero on padded beams.
     """
-    n = len(orientations)
-    thickness = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n, np.shape(thickness)[-1]))
-    kappa = None if absorption is None else jnp.asarray(absorption)
-    out = []
-    for f in range(n):
-        out.append(
-            _frame_intensities_jit(
-                u_table, jnp.asarray(beam_sets.coupling_index[f]), jnp.asarray(beam_sets.hkl[f]),
-                jnp.asarray(beam_sets.mask[f]), jnp.asarray(orientations[f]), jnp.asarray(axis),
-                jnp.asarray(tilts[f]), jnp.asarray(weights[f]), jnp.asarray(wavelength), jnp.asarray(thickness[f]), kappa,
-            )
-        )
-        if progress is not None:
-            out[-1] = np.asarray(out[-1])
-            progress(f + 1)
-    return np.stack([np.asarray(o) for o in out])
+    stacks = np.stack([np.asarray(rotation_orientations(jnp.asarray(m), jnp.asarray(axis), jnp.asarray(t)))
+                       for m, t in zip(orientations, tilts)])
+    return integrate_orientations(u_table, beam_sets, stacks, weights, wavelength, thickness, absorption, progress)
 
 
 def thickness_average(
