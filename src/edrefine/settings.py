@@ -81,6 +81,8 @@ class CalculationSettings:
 
 
 FIELDS = {f.name for f in dataclasses.fields(CalculationSettings)}
+NON_CALCULATION = ("refinement", "restraint")
+"""Top-level TOML entries read elsewhere (:mod:`edrefine.refine_settings`)."""
 
 
 def read_config(path: Path | None) -> dict:
@@ -93,7 +95,8 @@ def read_config(path: Path | None) -> dict:
         raise InputError("no such file", source=str(path)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"not valid TOML: {error}", source=str(path)) from None
-    table = {**{k: v for k, v in table.items() if not isinstance(v, dict)}, **table.get("calculation", {})}
+    table = {**{k: v for k, v in table.items() if not isinstance(v, dict) and k not in NON_CALCULATION},
+             **table.get("calculation", {})}
     values = {}
     for key, value in table.items():
         name = key.replace("-", "_")

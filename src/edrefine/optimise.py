@@ -1,0 +1,400 @@
+"""Joint gradient refinement of structure, orientations and a learned thickness distribution.
+
+:func:`refine` runs the default recipe:
+
+1. Per frame, a thickness search on a grid (one eigendecomposition per tilt gives every grid
+   node) with the starting model; the thickness model is initialised to those values
+   (:func:`edrefine.learned_thickness.make_thickness_model`).
+2. First-order optimisation of every refined group jointly (:data:`~edrefine.parameters.GROUPS`):
+   Adam with per-group step sizes and a schedule, optional mini-batches of frames, a
+   validation split by frames, early stopping and keep-best; or L-BFGS (optax, zoom line
+   search). Steps that give a non-finite loss or parameters are rolled back and the step
+   size halved. Every parameter update is followed by :func:`~edrefine.parameters.project`.
+3. Optional Levenberg–Marquardt polish of the structural parameters (optimistix, Jacobians in
+   forward mode through the custom JVP of the propagator) with the rest fixed; ``optimiser=lm``
+   runs only this stage (the second-order baseline of traditional programs).
+4. Standard uncertainties from the curvature at convergence (:mod:`edrefine.uncertainty`).
+
+Everything is deterministic for a given seed; :class:`Checkpointer` hooks save the state every
+few epochs and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optimistix as optx
+
+from . import merit
+from .crystal import Crystal
+from .errors import InputError
+from .learned_thickness import Bounds, FrameFeatures, make_thickness_model, mean_and_width
+from .loss import Problem, StructuralIndex, residual_vector, total_loss
+from .objective import chunk_evaluation, chunk_value_and_grad, grid_chi2_jit
+from .parameters import GROUPS, RefinementParameters, group_labels, initial_parameters, project
+from .problem import FrameArrays
+from .refine_settings import RefinementSettings
+
+SEARCH_GRID_POINTS = 60
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Mutable host-side state of the first-order stage (checkpointed)."""
+
+    params: RefinementParameters
+    opt_state: object
+    epoch: int = 0
+    best_params: RefinementParameters | None = None
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    step_factor: float = 1.0
+    history: list = dataclasses.field(default_factory=list)
+    events: list = dataclasses.field(default_factory=list)
+    stopped: str = ""
+
+
+def _split_frames(count: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) row indices: every k-th frame held out, k = round(1/fraction)."""
+    rows = np.arange(count)
+    if fraction <= 0 or count < 4:
+        return rows, rows[:0]
+    k = max(int(round(1.0 / fraction)), 2)
+    held = (rows % k) == (k // 2)
+    return rows[~held], rows[held]
+
+
+def initial_thickness(problem: Problem, params: RefinementParameters, bounds: Bounds, chunk: int) -> list[np.ndarray]:
+    """Per dataset, the one grid thickness [Å] with the lowest Σ χ² over its frames (each frame its
+    own scale), for every frame of the file.
+
+    A per-frame search with a perturbed start and a handful of reflections per frame often
+    lands on a wrong Pendellösung branch; a dataset-wide value is robust, and the thickness
+    model learns the variation from there."""
+    grid = jnp.asarray(np.geomspace(bounds.t_min, bounds.t_max, SEARCH_GRID_POINTS))
+    out = []
+    for d, dataset in enumerate(problem.datasets):
+        chi2 = []
+        for rows in _chunks(dataset.frames.count, chunk):
+            frames = dataset.frames.take(rows, chunk)
+            value = grid_chi2_jit(params.sites, params.absorption, params.datasets[d].orientation, frames, grid,
+                                  problem.crystal, problem.context, dataset.constants)
+            chi2.append(np.asarray(value)[: len(rows)])
+        best = float(np.asarray(grid)[np.argmin(np.sum(np.concatenate(chi2), axis=0))])
+        out.append(np.full(dataset.frame_count, best))
+    return out
+
+
+def _chunks(count: int, size: int) -> list[np.ndarray]:
+    return [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def build_parameters(problem: Problem, settings: RefinementSettings, absorption: float | None) -> RefinementParameters:
+    """Starting parameters: the crystal's, zero corrections, and thickness models from a search."""
+    bounds = Bounds(settings.thickness_min, settings.thickness_max)
+    counts = [d.frame_count for d in problem.datasets]
+    placeholder = [make_thickness_model("constant", np.zeros(1), np.full(1, 300.0), bounds, key=jax.random.key(0))
+                   for _ in counts]
+    start = initial_parameters(problem.crystal, placeholder, counts, absorption)
+    search = initial_thickness(problem, start, bounds, settings.chunk_frames)
+    keys = jax.random.split(jax.random.key(settings.seed), len(counts))
+    models = [make_thickness_model(settings.thickness_model, np.asarray(d.data.frames.alpha, dtype=np.float64), t,
+                                   bounds, key=k, width=settings.nn_width, depth=settings.nn_depth,
+                                   grid_nodes=settings.grid_nodes)
+              for d, t, k in zip(problem.datasets, search, keys)]
+    return initial_parameters(problem.crystal, models, counts, absorption)
+
+
+def make_optimiser(params: RefinementParameters, settings: RefinementSettings, steps: int):
+    """Per-group Adam (frozen groups: zero updates), times an injectable global step factor."""
+    def schedule(rate: float):
+        warmup = min(settings.warmup, max(steps - 1, 0))
+        decay_steps = max(steps - warmup, 1)
+        if settings.schedule == "constant":
+            main = optax.constant_schedule(rate)
+        elif settings.schedule == "cosine":
+            main = optax.cosine_decay_schedule(rate, decay_steps, alpha=0.01)
+        else:
+            main = optax.exponential_decay(rate, decay_steps, 0.01)
+        if warmup == 0:
+            return main
+        return optax.join_schedules([optax.linear_schedule(0.1 * rate, rate, warmup), main], [warmup])
+
+    transforms = {g: (optax.adam(schedule(settings.rate(g))) if g in settings.refine and settings.rate(g) > 0
+                      else optax.set_to_zero()) for g in GROUPS}
+    labels = group_labels(params)
+    return optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+
+
+def _set_step_factor(opt_state, factor: float):
+    opt_state[1].hyperparams["step_size"] = jnp.asarray(factor)
+    return opt_state
+
+
+def batch_gradient(params: RefinementParameters, problem: Problem, batches: list[np.ndarray], chunk: int):
+    """(Σ χ², gradient) over the given frame rows of each dataset, accumulated over chunks."""
+    arrays, static = eqx.partition(params, eqx.is_inexact_array)
+    total, grad = 0.0, jax.tree_util.tree_map(jnp.zeros_like, arrays)
+    for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
+        for part in _chunks(len(rows), chunk):
+            frames = dataset.frames.take(rows[part], chunk)
+            value, g = chunk_value_and_grad(params, d, frames, problem.crystal, problem.context, dataset.constants,
+                                            problem.remat)
+            total += float(value)
+            grad = jax.tree_util.tree_map(jnp.add, grad, eqx.filter(g, eqx.is_inexact_array))
+    return total, grad
+
+
+def batch_denominator(problem: Problem, batches: list[np.ndarray]) -> float:
+    total = 0.0
+    for dataset, rows in zip(problem.datasets, batches):
+        f = dataset.frames
+        total += float(np.sum(np.asarray(f.weight)[rows] * np.asarray(f.fo)[rows] ** 2))
+    return total
+
+
+def evaluate_loss(params: RefinementParameters, problem: Problem, batches: list[np.ndarray], chunk: int) -> float:
+    """Σ χ² / Σ w|Fo|² over frame rows ``batches`` (forward only)."""
+    total = 0.0
+    for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
+        for part in _chunks(len(rows), chunk):
+            frames = dataset.frames.take(rows[part], chunk)
+            e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants)
+            total += float(np.sum(np.asarray(e.chi2)[: len(part)]))
+    denominator = batch_denominator(problem, batches)
+    return total / denominator if denominator > 0 else float("nan")
+
+
+def _finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array)))
+
+
+def _restraint_gradient(params, problem: Problem):
+    from .restraints import restraint_residuals
+
+    def value(sites):
+        return jnp.sum(restraint_residuals(problem.crystal.with_params(sites), problem.restraints) ** 2)
+
+    return jax.value_and_grad(value)(params.sites)
+
+
+def _batches(problem: Problem, training: list[np.ndarray], settings: RefinementSettings, epoch: int):
+    """Mini-batches of each dataset's training rows for one epoch (deterministic in seed, epoch)."""
+    if settings.batch_frames <= 0:
+        return [training]
+    rng = np.random.default_rng([settings.seed, epoch])
+    shuffled = [rng.permutation(rows) for rows in training]
+    count = max(math.ceil(len(rows) / settings.batch_frames) for rows in training)
+    return [[np.sort(rows[(b * settings.batch_frames) % max(len(rows), 1):][: settings.batch_frames])
+             for rows in shuffled] for b in range(count)]
+
+
+def adam_step(state: TrainingState, optimiser, problem: Problem, batches, settings: RefinementSettings) -> float:
+    """One optimiser step on ``batches``; rolls back and halves the step on a non-finite result."""
+    value, grad = batch_gradient(state.params, problem, batches, settings.chunk_frames)
+    denominator = batch_denominator(problem, batches)
+    if problem.restraints is not None:
+        r_value, r_grad = _restraint_gradient(state.params, problem)
+        value += float(r_value)
+        grad = eqx.tree_at(lambda p: p.sites, grad, jax.tree_util.tree_map(jnp.add, grad.sites, r_grad))
+    grad = jax.tree_util.tree_map(lambda g: g / denominator, grad)
+    loss = value / denominator
+    if not (math.isfinite(loss) and _finite(grad)):
+        _reject(state, f"epoch {state.epoch}: non-finite loss or gradient; step size halved")
+        return math.nan
+    arrays, static = eqx.partition(state.params, eqx.is_inexact_array)
+    updates, opt_state = optimiser.update(grad, state.opt_state, arrays)
+    new = project(eqx.combine(optax.apply_updates(arrays, updates), static), problem.crystal, settings.u_min)
+    if not _finite(new):
+        _reject(state, f"epoch {state.epoch}: step gave non-finite parameters; rolled back, step size halved")
+        return math.nan
+    state.params, state.opt_state = new, opt_state
+    return loss
+
+
+def _reject(state: TrainingState, message: str) -> None:
+    state.step_factor *= 0.5
+    state.opt_state = _set_step_factor(state.opt_state, state.step_factor)
+    state.events.append(message)
+    if state.step_factor < 1e-3:
+        raise FloatingPointError("refinement keeps producing non-finite values: " + "; ".join(state.events[-3:]))
+
+
+def first_order_optimiser(problem: Problem, params: RefinementParameters, settings: RefinementSettings):
+    """The Adam optimiser of :func:`run_first_order` (its schedule spans every step of the run)."""
+    training = [_split_frames(d.frames.count, settings.validation_fraction)[0] for d in problem.datasets]
+    steps_per_epoch = len(_batches(problem, training, settings, 0))
+    return make_optimiser(params, settings, settings.epochs * steps_per_epoch)
+
+
+def run_first_order(
+    problem: Problem,
+    state: TrainingState,
+    settings: RefinementSettings,
+    on_epoch: Callable[[TrainingState, dict], None] | None = None,
+) -> TrainingState:
+    """Adam epochs from ``state.epoch`` to ``settings.epochs`` (or early stop)."""
+    splits = [_split_frames(d.frames.count, settings.validation_fraction) for d in problem.datasets]
+    training = [s[0] for s in splits]
+    validation = [s[1] for s in splits]
+    optimiser = first_order_optimiser(problem, state.params, settings)
+    if state.opt_state is None:
+        state.opt_state = optimiser.init(eqx.filter(state.params, eqx.is_inexact_array))
+    has_validation = any(len(v) for v in validation)
+    while state.epoch < settings.epochs and not state.stopped:
+        start = time.perf_counter()
+        losses = [adam_step(state, optimiser, problem, b, settings) for b in _batches(problem, training, settings,
+                                                                                       state.epoch)]
+        state.epoch += 1
+        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
+                  "seconds": time.perf_counter() - start}
+        monitor_rows = validation if has_validation else training
+        monitor = evaluate_loss(state.params, problem, monitor_rows, settings.chunk_frames) \
+            if (has_validation or settings.batch_frames > 0) else record["loss"]
+        if has_validation:
+            record["validation_loss"] = monitor
+        if math.isfinite(monitor) and monitor < state.best_loss * (1 - 1e-6):
+            state.best_loss, state.best_epoch, state.best_params = monitor, state.epoch, state.params
+        if settings.patience and state.epoch - state.best_epoch >= settings.patience:
+            state.stopped = f"early stop at epoch {state.epoch}: no improvement for {settings.patience} epochs"
+        state.history.append(record)
+        if on_epoch is not None:
+            on_epoch(state, record)
+    if state.best_params is not None:
+        state.params = state.best_params
+    return state
+
+
+def run_lbfgs(problem: Problem, state: TrainingState, settings: RefinementSettings,
+              on_epoch: Callable[[TrainingState, dict], None] | None = None) -> TrainingState:
+    """L-BFGS (optax, zoom line search) on every refined group, full batch, one jitted loss."""
+    arrays, static = eqx.partition(state.params, eqx.is_inexact_array)
+    labels = group_labels(state.params)
+    keep = jax.tree_util.tree_map(lambda label: label in settings.refine, labels)
+    train, frozen = eqx.partition(arrays, keep)
+
+    def loss(t):
+        return total_loss(eqx.combine(t, frozen, static), problem)
+
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    optimiser = optax.lbfgs()
+
+    @jax.jit
+    def step(t, opt_state):
+        value, grad = value_and_grad(t, state=opt_state)
+        updates, opt_state = optimiser.update(grad, opt_state, t, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(t, updates), opt_state, value
+
+    opt_state = optimiser.init(train) if state.opt_state is None else state.opt_state
+    while state.epoch < settings.epochs and not state.stopped:
+        begin = time.perf_counter()
+        new, new_state, value = step(train, opt_state)
+        candidate = project(eqx.combine(new, frozen, static), problem.crystal, settings.u_min)
+        if not (_finite(candidate) and math.isfinite(float(value))):
+            state.stopped = f"L-BFGS stopped at iteration {state.epoch}: non-finite step (rolled back)"
+            break
+        train = eqx.partition(eqx.filter(candidate, eqx.is_inexact_array), keep)[0]
+        opt_state = new_state
+        state.params, state.opt_state, state.epoch = candidate, opt_state, state.epoch + 1
+        record = {"epoch": state.epoch, "loss": float(value), "seconds": time.perf_counter() - begin}
+        if record["loss"] < state.best_loss:
+            state.best_loss, state.best_epoch, state.best_params = record["loss"], state.epoch, state.params
+        state.history.append(record)
+        if on_epoch is not None:
+            on_epoch(state, record)
+    if state.best_params is not None:
+        state.params = state.best_params
+    return state
+
+
+def polish(problem: Problem, params: RefinementParameters, settings: RefinementSettings, steps: int):
+    """Levenberg–Marquardt on the refined structural groups, the rest fixed; returns (params, info)."""
+    groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
+    index = StructuralIndex.of(problem.crystal, groups)
+    if index.size == 0 or steps == 0:
+        return params, {"steps": 0}
+    y0 = index.to_vector(params.sites)
+
+    def residuals(y, _):
+        return residual_vector(y, params, index, problem)
+
+    before = float(jnp.sum(residuals(y0, None) ** 2))
+    solution = optx.least_squares(residuals, optx.LevenbergMarquardt(rtol=1e-7, atol=1e-9), y0, max_steps=steps,
+                                  throw=False)
+    candidate = project(eqx.tree_at(lambda p: p.sites, params, index.from_vector(solution.value, params.sites)),
+                        problem.crystal, settings.u_min)
+    after = float(jnp.sum(residuals(index.to_vector(candidate.sites), None) ** 2))
+    info = {"steps": int(solution.stats["num_steps"]), "chi2_before": before, "chi2_after": after,
+            "result": str(solution.result)}
+    if not (math.isfinite(after) and after <= before):
+        info["rejected"] = True
+        return params, info
+    return candidate, info
+
+
+def frame_table(params: RefinementParameters, problem: Problem, chunk: int) -> list[dict]:
+    """Per dataset, per frame: figures, scale, thickness distribution, orientation, and the fit."""
+    rows = []
+    for d, dataset in enumerate(problem.datasets):
+        f = dataset.frames
+        for part in _chunks(f.count, chunk):
+            frames = f.take(part, chunk)
+            e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants)
+            mean, width = mean_and_width(e.nodes, e.node_weights)
+            delta = np.asarray(params.datasets[d].orientation)[np.asarray(frames.index)]
+            for i in range(len(part)):
+                m = np.asarray(frames.refl_mask[i])
+                fo, fc, w = (np.asarray(a[i])[m] for a in (frames.fo, e.fc, frames.weight))
+                obs = np.asarray(frames.observed[i])[m]
+                row = {"dataset": dataset.name, "id": int(dataset.data.frames.id[int(frames.index[i])]),
+                       "alpha": float(frames.alpha[i]), "scale": float(e.scale[i]),
+                       "thickness_mean": float(mean[i]), "thickness_width": float(width[i]),
+                       "thickness_nodes": np.asarray(e.nodes[i]).tolist(),
+                       "thickness_weights": np.asarray(e.node_weights[i]).tolist(),
+                       "d_alpha_deg": float(np.rad2deg(delta[i, 0])), "d_beta_deg": float(np.rad2deg(delta[i, 1])),
+                       "d_omega_deg": float(np.rad2deg(delta[i, 2])),
+                       "rows": np.asarray(frames.refl_row[i])[m], "fo": fo, "fc": fc, "weight": w, "observed": obs,
+                       **merit.frame_figures(fo, fc, w, obs)}
+                rows.append(row)
+    return rows
+
+
+def figures_of_merit(table: list[dict], n_parameters: int) -> dict:
+    """Jana-form and per-frame-mean figures from :func:`frame_table` rows."""
+    return merit.summarise(table, n_parameters)
+
+
+def count_parameters(params: RefinementParameters, crystal: Crystal, settings: RefinementSettings) -> int:
+    """Refined parameters: free structural entries of the refined groups, plus every array entry of
+    the other refined groups (each frame's scale counts one more)."""
+    structural = StructuralIndex.of(crystal, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
+    others = 0
+    labels = group_labels(params)
+    for leaf, label in zip(jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_inexact_array)),
+                           jax.tree_util.tree_leaves(labels)):
+        if label in settings.refine and label in ("absorption", "orientation", "thickness"):
+            others += int(np.size(leaf))
+    return structural.size + others
+
+
+def check_problem(problem: Problem) -> None:
+    for dataset in problem.datasets:
+        if dataset.frames.count == 0:
+            raise InputError("no frame has selected reflections", source=dataset.name)
+
+
+def training_state(params: RefinementParameters) -> TrainingState:
+    return TrainingState(params=params, opt_state=None)
+
+
+def thickness_features(problem: Problem, d: int) -> FrameFeatures:
+    f = problem.datasets[d].data.frames
+    return FrameFeatures(jnp.arange(len(f.id)), jnp.asarray(f.alpha, dtype=float), jnp.asarray(problem.datasets[d].constants.axis))

@@ -1,0 +1,202 @@
+"""A refinement problem: every data-dependent size decided on the host, padded, then frozen.
+
+:func:`prepare_dataset` turns a crystal, a PETS2 dataset and the calculation settings into a
+:class:`DatasetProblem`: per frame the measured reflections kept by the selection rule, the
+beam set (union over the frame's tilts plus those reflections), the tilt quadrature, and the
+observed amplitudes and weights, all padded to one beam capacity and one reflection capacity
+with masks (:class:`FrameArrays`), plus the shared coupling table. Inside ``jit`` every shape
+is then static; mini-batches are index subsets of the frame axis (:meth:`FrameArrays.take`).
+
+The beam sets are chosen once, with the starting structure and orientations. Orientation
+corrections of a few mrad move S_g by ≪ sg_max, so the sets stay adequate; a refinement can
+re-prepare the problem between stages (:func:`prepare_dataset` again) if they grow large.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from . import measurement, merit, selection
+from .beams import bucket_capacity, centring_vectors, lattice_points
+from .crystal import Crystal
+from .diffraction import crystal_potential
+from .electron import crystal_wavenumber, energy_from_wavelength, lorentz_factor
+from .errors import InputError
+from .frames import frame_orientations, rotation_axis
+from .pets import PetsData
+from .scattering import ScatteringFactors
+from .score import _rotation_quadrature, _select
+from .settings import CalculationSettings
+from .structure_factor import form_factors_for, site_element_index
+
+
+class FrameArrays(eqx.Module):
+    """Per-frame static arrays, stacked over frames (numpy on the host, JAX inside ``jit``).
+
+    Attributes:
+        index: frame index in its dataset (file order), ``[frame]``.
+        alpha: goniometer angle α [deg], ``[frame]``.
+        orientation: M of the frame centre, g_lab = M hkl [Å⁻¹], ``[frame 3 3]``.
+        tilts, tilt_weights: quadrature over ±half-width [rad], ``[frame tilt]``.
+        beam_hkl, beam_mask, coupling_index: padded beam sets, ``[frame beam (3|beam)]``.
+        refl_beam: index of each reflection in its frame's beam set, ``[frame refl]``.
+        refl_row: row in ``PetsData.reflections`` (−1 on padding), ``[frame refl]``.
+        fo, weight: |Fo| and w = 1/(σ(|Fo|)² + (μ|Fo|)²), ``[frame refl]`` (0 on padding).
+        observed: I > 3σ(I), ``[frame refl]``; refl_mask: True for real reflections.
+        frame_mask: True for real frames (False for padding in a mini-batch), ``[frame]``.
+    """
+
+    index: Int[Array, " frame"]
+    alpha: Float[Array, " frame"]
+    orientation: Float[Array, "frame 3 3"]
+    tilts: Float[Array, "frame tilt"]
+    tilt_weights: Float[Array, "frame tilt"]
+    beam_hkl: Int[Array, "frame beam 3"]
+    beam_mask: Bool[Array, "frame beam"]
+    coupling_index: Int[Array, "frame beam beam"]
+    refl_beam: Int[Array, "frame refl"]
+    refl_row: Int[Array, "frame refl"]
+    fo: Float[Array, "frame refl"]
+    weight: Float[Array, "frame refl"]
+    observed: Bool[Array, "frame refl"]
+    refl_mask: Bool[Array, "frame refl"]
+    frame_mask: Bool[Array, " frame"]
+
+    @property
+    def count(self) -> int:
+        return int(np.shape(self.index)[0])
+
+    def take(self, rows: np.ndarray, size: int | None = None) -> FrameArrays:
+        """Frames ``rows`` (host), padded to ``size`` by repeating the first with frame_mask False."""
+        rows = np.asarray(rows, dtype=np.int64)
+        size = len(rows) if size is None else size
+        padded = np.concatenate([rows, np.full(size - len(rows), rows[0] if len(rows) else 0)])
+        real = np.arange(size) < len(rows)
+        taken = {f.name: np.asarray(getattr(self, f.name))[padded] for f in dataclasses.fields(self)}
+        taken["frame_mask"] = taken["frame_mask"] & real
+        return FrameArrays(**taken)
+
+
+class DatasetConstants(eqx.Module):
+    """Dataset-wide values the jitted model needs.
+
+    Attributes:
+        coupling_hkl: distinct g_i − g_j of all beam sets, the origin first, ``[coupling 3]``.
+        axis: goniometer axis (lab unit vector), ``[3]``.
+        wavelength: λ [Å]; gamma: relativistic γ (static).
+    """
+
+    coupling_hkl: Int[Array, "coupling 3"]
+    axis: Float[Array, "3"]
+    wavelength: float = eqx.field(static=True)
+    gamma: float = eqx.field(static=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetProblem:
+    """One dataset ready for refinement (host object).
+
+    Attributes:
+        frames: :class:`FrameArrays` of every frame that has selected reflections.
+        constants: :class:`DatasetConstants`.
+        data: the dataset; name: label used in outputs.
+    """
+
+    frames: FrameArrays
+    constants: DatasetConstants
+    data: PetsData
+    name: str = "data"
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames in the dataset file (per-frame parameters have this length)."""
+        return len(self.data.frames.id)
+
+
+class StructureContext(eqx.Module):
+    """What the potential needs besides the crystal: scattering factors and element rows."""
+
+    form_factors: ScatteringFactors
+    element_index: Int[Array, " site"]
+
+
+def structure_context(crystal: Crystal, settings: CalculationSettings) -> StructureContext:
+    factors = form_factors_for(crystal, settings.form_factors)
+    return StructureContext(factors, jnp.asarray(site_element_index(crystal, factors)))
+
+
+def prepare_dataset(
+    crystal: Crystal,
+    data: PetsData,
+    settings: CalculationSettings,
+    *,
+    frames: np.ndarray | None = None,
+    name: str = "data",
+    refl_granularity: int = 16,
+) -> DatasetProblem:
+    """Selection, beam sets, quadrature and padded arrays of one dataset (host side).
+
+    Frames without any selected reflection are left out. Raises InputError if none is left.
+    """
+    context = structure_context(crystal, settings)
+    gamma = lorentz_factor(energy_from_wavelength(data.wavelength))
+    u0 = crystal_potential(crystal, context.form_factors, context.element_index, jnp.zeros((1, 3), jnp.int32), gamma)[0]
+    k_crystal = float(crystal_wavenumber(data.wavelength, jnp.real(u0)))
+    index = np.arange(len(data.frames.id)) if frames is None else np.asarray(frames, dtype=np.int64)
+    orientations = np.asarray(frame_orientations(data))[index]
+    axis = np.asarray(rotation_axis(data))
+    half_widths = np.deg2rad(np.asarray(data.frames.half_width, dtype=np.float64))[index]
+    chosen = _select(data, index, orientations, axis, half_widths, k_crystal, rsg=settings.rsg, dsg=settings.dsg,
+                     g_max=settings.gmax, sweep="half")
+    keep = np.array([len(rows) > 0 for rows in chosen], dtype=bool)
+    if not keep.any():
+        raise InputError("no reflection passes the selection rule; raise gmax or rsg", source=data.source or name)
+    index, orientations, half_widths = index[keep], orientations[keep], half_widths[keep]
+    chosen = [rows for rows, k in zip(chosen, keep) if k]
+    tilts, tilt_weights = _rotation_quadrature(settings.tilts, settings.tilt_rule, half_widths, 0.0)
+    candidates = lattice_points(np.asarray(data.ub), settings.gmax, centring_vectors(crystal.symops))
+    required = [data.reflections.hkl[rows] for rows in chosen]
+    beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(tilts), k_crystal, settings.sgmax,
+                                            required=required)
+    arrays = _reflection_arrays(data, chosen, beam_sets, bucket_capacity(max(map(len, chosen)), refl_granularity))
+    frames_arrays = FrameArrays(
+        index=index, alpha=np.asarray(data.frames.alpha, dtype=np.float64)[index], orientation=orientations,
+        tilts=tilts, tilt_weights=tilt_weights, beam_hkl=beam_sets.hkl, beam_mask=beam_sets.mask,
+        coupling_index=beam_sets.coupling_index, frame_mask=np.ones(len(index), dtype=bool), **arrays)
+    constants = DatasetConstants(beam_sets.coupling_hkl, axis, float(data.wavelength), float(gamma))
+    return DatasetProblem(frames_arrays, constants, data, name)
+
+
+def _reflection_arrays(data: PetsData, chosen: list[np.ndarray], beam_sets, capacity: int) -> dict:
+    n = len(chosen)
+    out = dict(refl_beam=np.zeros((n, capacity), np.int64), refl_row=np.full((n, capacity), -1, np.int64),
+               fo=np.zeros((n, capacity)), weight=np.zeros((n, capacity)),
+               observed=np.zeros((n, capacity), bool), refl_mask=np.zeros((n, capacity), bool))
+    refl = data.reflections
+    for f, rows in enumerate(chosen):
+        beams = beam_sets.hkl[f, : beam_sets.counts[f]]
+        where = measurement.lookup_beams(beams, refl.hkl[rows])
+        fo, w = merit.amplitudes_and_weights(refl.intensity[rows], refl.sigma[rows])
+        m = len(rows)
+        out["refl_beam"][f, :m] = where
+        out["refl_row"][f, :m] = rows
+        out["fo"][f, :m] = fo
+        out["weight"][f, :m] = w
+        out["observed"][f, :m] = selection.observed(refl.intensity[rows], refl.sigma[rows])
+        out["refl_mask"][f, :m] = True
+    return out
+
+
+def memory_estimate(problem: DatasetProblem, chunk_frames: int, thickness_nodes: int, itemsize: int = 16) -> float:
+    """Rough peak bytes of one forward+gradient chunk: per frame and tilt a few N × N matrices
+    and N × T blocks (the reverse pass keeps one frame's residuals at a time)."""
+    f = problem.frames
+    n = int(np.shape(f.beam_mask)[1])
+    t = int(np.shape(f.tilts)[1])
+    per_frame = t * (6 * n * n + 4 * n * (thickness_nodes + 1)) * itemsize
+    return float(per_frame * min(chunk_frames, f.count) + 4 * n * n * f.count)

@@ -1,0 +1,150 @@
+"""``refine``: from a starting model and datasets to a refined structure with its figures of merit.
+
+Host orchestration of :mod:`edrefine.optimise` (see its docstring for the recipe): prepares the
+problem (:mod:`edrefine.problem`), builds the starting parameters, runs the chosen optimiser
+with checkpoints, polishes, computes s.u.s, and returns a :class:`RefinementResult` that
+:mod:`edrefine.outputs` writes to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import numpy as np
+
+from . import checkpoint
+from .cif import Uncertainties
+from .crystal import Crystal
+from .loss import Problem, StructuralIndex
+from .optimise import (TrainingState, build_parameters, count_parameters, figures_of_merit, first_order_optimiser,
+                       frame_table, polish, run_first_order, run_lbfgs, training_state)
+from .parameters import RefinementParameters, reset_u
+from .pets import PetsData
+from .problem import prepare_dataset, structure_context
+from .refine_settings import RefinementSettings
+from .restraints import distance_restraints
+from .settings import CalculationSettings
+from .uncertainty import crystal_uncertainties
+
+
+@dataclasses.dataclass
+class RefinementResult:
+    """What a refinement produced.
+
+    Attributes:
+        crystal: the refined structure; start: the starting structure (after any U reset).
+        params: the refined :class:`~edrefine.parameters.RefinementParameters`.
+        uncertainties: s.u.s for the CIF (NaN where not refined).
+        metrics: figures of merit of the final model (keys of ``edrefine score``), and
+            ``start`` with those of the starting model.
+        frames: per-frame rows (:func:`edrefine.optimise.frame_table`).
+        history: per-epoch records (loss, validation loss, R where evaluated, seconds).
+        events: rolled-back steps, early stop, polish result.
+        settings: calculation and refinement settings; seconds: wall time.
+    """
+
+    crystal: Crystal
+    start: Crystal
+    params: RefinementParameters
+    uncertainties: Uncertainties
+    metrics: dict
+    frames: list
+    history: list
+    events: list
+    settings: dict
+    seconds: float
+    datasets: tuple = ()
+
+
+def build_problem(crystal: Crystal, datasets: Sequence[PetsData], calculation: CalculationSettings,
+                  restraints: list[dict] | None = None, names: Sequence[str] | None = None) -> Problem:
+    names = list(names) if names is not None else [f"data{i + 1}" if len(datasets) > 1 else "data"
+                                                   for i in range(len(datasets))]
+    prepared = tuple(prepare_dataset(crystal, d, calculation, name=n) for d, n in zip(datasets, names))
+    rules = distance_restraints(crystal, restraints) if restraints else None
+    return Problem(crystal, structure_context(crystal, calculation), prepared, rules)
+
+
+def _summary(params, problem, settings) -> tuple[dict, list]:
+    table = frame_table(params, problem, settings.chunk_frames)
+    return figures_of_merit(table, count_parameters(params, problem.crystal, settings)), table
+
+
+def refine(
+    crystal: Crystal,
+    datasets: Sequence[PetsData],
+    calculation: CalculationSettings,
+    settings: RefinementSettings,
+    *,
+    restraints: list[dict] | None = None,
+    folder: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    on_epoch: Callable[[TrainingState, dict], None] | None = None,
+    names: Sequence[str] | None = None,
+) -> RefinementResult:
+    """Refine ``crystal`` against ``datasets`` (see :mod:`edrefine.optimise` for the recipe).
+
+    Args:
+        crystal: starting model; with ``settings.u_reset`` every site starts isotropic there.
+        datasets: one or more datasets of this structure (own frames, scales, thickness models).
+        calculation: the dynamical calculation and selection settings.
+        settings: the refinement settings.
+        restraints: ``[[restraint]]`` entries (:mod:`edrefine.restraints`).
+        folder: where checkpoints go (None: no checkpoints); resume: continue from its checkpoint.
+        fingerprint: identifies inputs and settings; a checkpoint with another one is refused.
+        on_epoch: called after every epoch with the state and the epoch's record.
+    """
+    begin = time.perf_counter()
+    start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
+    problem = build_problem(start, datasets, calculation, restraints, names)
+    params = build_parameters(problem, settings, calculation.absorption)
+    start_metrics, _ = _summary(params, problem, settings)
+    state = training_state(params)
+    stage = "first-order"
+    if settings.optimiser == "adam":
+        state.opt_state = first_order_optimiser(problem, params, settings).init(eqx.filter(params, eqx.is_inexact_array))
+    if resume and folder is not None and checkpoint.exists(folder):
+        if settings.optimiser == "lbfgs":
+            state.opt_state = None
+        state, stage = checkpoint.load(folder, state, fingerprint)
+
+    def epoch_hook(s: TrainingState, record: dict) -> None:
+        if s.epoch % settings.report_every == 0 or s.epoch == settings.epochs:
+            metrics, _ = _summary(s.params, problem, settings)
+            record.update(R_obs=metrics["R_obs"], wR_all=metrics["wR_all"], R_obs_frame_mean=metrics["R_obs_frame_mean"])
+        if folder is not None and (s.epoch % settings.checkpoint_every == 0 or s.stopped):
+            checkpoint.save(folder, s, "first-order", fingerprint)
+        if on_epoch is not None:
+            on_epoch(s, record)
+
+    if stage == "first-order" and settings.optimiser == "adam":
+        state = run_first_order(problem, state, settings, epoch_hook)
+    elif stage == "first-order" and settings.optimiser == "lbfgs":
+        state = run_lbfgs(problem, state, settings, epoch_hook)
+    if state.stopped:
+        state.events.append(state.stopped)
+    if folder is not None:
+        checkpoint.save(folder, state, "polish", fingerprint)
+    steps = settings.epochs if settings.optimiser == "lm" else settings.polish_steps
+    params, info = polish(problem, state.params, settings, steps)
+    if info.get("steps"):
+        state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "
+                            f"{info['chi2_after']:.6g}" + (" (rejected)" if info.get("rejected") else ""))
+    metrics, table = _summary(params, problem, settings)
+    metrics["start"] = start_metrics
+    refined = start.with_params(params.sites)
+    index = StructuralIndex.of(start, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
+    if index.size:
+        uncertainties, _, _ = crystal_uncertainties(params, problem, index, count_parameters(params, start, settings))
+    else:
+        n = len(start.labels)
+        uncertainties = Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan),
+                                      np.full(n, np.nan))
+    return RefinementResult(refined, start, params, uncertainties, metrics, table, state.history, state.events,
+                            {"calculation": dataclasses.asdict(calculation), "refinement": settings.as_dict()},
+                            time.perf_counter() - begin, tuple(d.name for d in problem.datasets))

@@ -1,0 +1,162 @@
+"""Settings of a refinement: optimiser, parameter groups, thickness model, stopping rules.
+
+Read like the calculation settings (:mod:`edrefine.settings`): defaults < the ``[refinement]``
+table of the TOML file given with ``--config`` < command-line flags. Learning rates per group
+are a ``[refinement.learning_rates]`` table (group = one of
+:data:`edrefine.parameters.GROUPS`); restraints are ``[[restraint]]`` tables
+(:mod:`edrefine.restraints`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from pathlib import Path
+
+from .errors import InputError
+from .learned_thickness import MODEL_KINDS
+from .parameters import GROUPS
+
+DEFAULT_LEARNING_RATES = {
+    "positions": 2e-3,
+    "adp": 5e-4,
+    "occupancy": 0.02,
+    "absorption": 0.05,
+    "orientation": 5e-4,
+    "thickness": 0.01,
+}
+"""Adam step sizes (roughly the largest change per step): fractional coordinates, U [Å²],
+occupancy, κ, orientation corrections [rad], thickness-model raw values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementSettings:
+    """How to refine.
+
+    Attributes:
+        thickness_model: constant, perframe, plate, neural (Gaussian per frame) or neural-grid.
+        thickness_min, thickness_max: bounds of every thickness model [Å].
+        optimiser: adam, lbfgs, or lm (Levenberg–Marquardt on the structure only).
+        epochs: passes over the training frames (Adam) or iterations (L-BFGS).
+        refine: the groups that change; the others stay at their starting values.
+        learning_rates: Adam step size per group (see :data:`DEFAULT_LEARNING_RATES`).
+        schedule: cosine (decay to 1 % at the end), exponential (same end point) or constant.
+        warmup: epochs of linear warm-up.
+        batch_frames: frames per mini-batch (0: the whole dataset each step).
+        validation_fraction: share of frames held out (every k-th frame) for early stopping.
+        patience: epochs without improvement before stopping (0: never stop early).
+        polish_steps: Levenberg–Marquardt iterations on the structure after Adam (0: none).
+        chunk_frames: frames evaluated in one compiled call (bounds memory).
+        seed: initialisation of the neural model and the mini-batch order.
+        u_min: lower bound of U eigenvalues [Å²]; u_reset: start every site isotropic at this
+            U_iso [Å²] (None: keep the starting model's ADPs).
+        nn_width, nn_depth, grid_nodes: neural thickness model size; grid nodes for neural-grid.
+        checkpoint_every: epochs between checkpoints.
+        report_every: epochs between full R evaluations in the history.
+    """
+
+    thickness_model: str = "neural"
+    thickness_min: float = 50.0
+    thickness_max: float = 2500.0
+    optimiser: str = "adam"
+    epochs: int = 150
+    refine: tuple[str, ...] = ("positions", "adp", "orientation", "thickness")
+    learning_rates: tuple[tuple[str, float], ...] = tuple(DEFAULT_LEARNING_RATES.items())
+    schedule: str = "cosine"
+    warmup: int = 5
+    batch_frames: int = 0
+    validation_fraction: float = 0.0
+    patience: int = 30
+    polish_steps: int = 10
+    chunk_frames: int = 16
+    seed: int = 0
+    u_min: float = 1e-4
+    u_reset: float | None = None
+    nn_width: int = 32
+    nn_depth: int = 2
+    grid_nodes: int = 24
+    checkpoint_every: int = 5
+    report_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.thickness_model not in MODEL_KINDS:
+            raise InputError(f"must be one of {', '.join(MODEL_KINDS)}, got {self.thickness_model!r}",
+                             source="thickness_model")
+        if self.optimiser not in ("adam", "lbfgs", "lm"):
+            raise InputError(f"must be adam, lbfgs or lm, got {self.optimiser!r}", source="optimiser")
+        if self.schedule not in ("cosine", "exponential", "constant"):
+            raise InputError(f"must be cosine, exponential or constant, got {self.schedule!r}", source="schedule")
+        for name in ("epochs", "chunk_frames", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise InputError(f"must be a positive integer, got {value!r}", source=name)
+        for name in ("batch_frames", "patience", "polish_steps", "warmup", "seed"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise InputError(f"must be a non-negative integer, got {value!r}", source=name)
+        if not (0.0 <= self.validation_fraction < 0.5):
+            raise InputError(f"must be in [0, 0.5), got {self.validation_fraction}", source="validation_fraction")
+        if not (0 < self.thickness_min < self.thickness_max and math.isfinite(self.thickness_max)):
+            raise InputError("need 0 < thickness_min < thickness_max", source="thickness_min")
+        unknown = [g for g in self.refine if g not in GROUPS]
+        if unknown:
+            raise InputError(f"unknown group(s) {unknown} (known: {', '.join(GROUPS)})", source="refine")
+        for group, rate in self.learning_rates:
+            if group not in GROUPS:
+                raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
+                raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
+        if not (self.u_min > 0) or (self.u_reset is not None and not self.u_reset > 0):
+            raise InputError("u_min and u_reset must be positive [Å²]", source="u_min")
+
+    def rate(self, group: str) -> float:
+        return dict(self.learning_rates)[group]
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["learning_rates"] = dict(self.learning_rates)
+        out["refine"] = list(self.refine)
+        return out
+
+
+FIELDS = {f.name for f in dataclasses.fields(RefinementSettings)}
+
+
+def refinement_settings(table: dict, flags: dict, source: str = "config") -> RefinementSettings:
+    """Defaults < ``table`` (the TOML ``[refinement]`` table) < ``flags`` that are not None."""
+    values: dict = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise InputError(f"unknown refinement setting '{key}' (known: {', '.join(sorted(FIELDS))})", source=source)
+        values[name] = value
+    values.update({k: v for k, v in flags.items() if v is not None})
+    rates = dict(DEFAULT_LEARNING_RATES)
+    given = values.get("learning_rates", {})
+    rates.update(dict(given) if not isinstance(given, dict) else given)
+    values["learning_rates"] = tuple(rates.items())
+    if "refine" in values:
+        refine = values["refine"]
+        values["refine"] = tuple(refine.split(",") if isinstance(refine, str) else refine)
+    try:
+        return RefinementSettings(**values)
+    except TypeError as error:
+        raise InputError(f"bad refinement settings: {error}", source=source) from None
+
+
+def read_refinement_table(path: Path | None) -> tuple[dict, list[dict]]:
+    """The ``[refinement]`` table and the ``[[restraint]]`` list of a TOML file (both may be empty)."""
+    if path is None:
+        return {}, []
+    try:
+        table = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"not valid TOML: {error}", source=str(path)) from None
+    refinement = table.get("refinement", {})
+    restraints = table.get("restraint", [])
+    if not isinstance(refinement, dict) or not isinstance(restraints, list):
+        raise InputError("[refinement] must be a table and [[restraint]] an array of tables", source=str(path))
+    return refinement, restraints
