@@ -306,6 +306,9 @@ def _is_number(token: str) -> bool:
     return True
 
 
+from . import cli_refine  # noqa: E402,F401  (registers refine and demo)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``edrefine`` script."""
     arguments = _expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))

@@ -185,7 +185,7 @@ def make_thickness_model(
     if kind not in ("neural", "neural-grid"):
         raise InputError(f"unknown thickness model {kind!r} ({', '.join(MODEL_KINDS)})", source="thickness_model")
     grid_form = kind == "neural-grid"
-    grid = tuple(np.linspace(bounds.t_min, bounds.t_max, grid_nodes)) if grid_form else ()
+    grid = tuple(float(t) for t in np.linspace(bounds.t_min, bounds.t_max, grid_nodes)) if grid_form else ()
     mlp = eqx.nn.MLP(3, grid_nodes if grid_form else 2, width, depth, activation=jax.nn.tanh, key=key)
     half_range = max(0.5 * float(alpha.max() - alpha.min()), 1.0)
     model = NeuralThickness(mlp, bounds, float(0.5 * (alpha.max() + alpha.min())), half_range,

@@ -103,7 +103,8 @@ def refine(
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names)
     params = build_parameters(problem, settings, calculation.absorption)
-    start_metrics, _ = _summary(params, problem, settings)
+    start_metrics, start_table = _summary(params, problem, settings)
+    start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
     state = training_state(params)
     stage = "first-order"
     if settings.optimiser == "adam":

@@ -1,0 +1,185 @@
+"""The ``refine`` and ``demo`` commands (registered on :data:`edrefine.cli.app`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import CONFIG, DSG, GMAX, RSG, SGMAX, TILTS, app, console
+from .errors import InputError
+
+RUN = "Refinement"
+
+
+def _progress_bar(total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def _prepare_folder(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", source=str(out))
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise InputError("output folder exists and is not empty; use --resume to continue it or choose another",
+                         source=str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create: {error.strerror}", source=str(out)) from None
+
+
+def run_refinement(crystal, datasets, calculation, settings, out: Path, *, resume=False, provenance=None,
+                   restraints=None, names=None, truth=None, truth_thickness=None):
+    """Refine with a progress bar and write every output into ``out``; returns the result."""
+    from . import checkpoint
+    from .outputs import write_outputs
+    from .refine import refine
+
+    provenance = dict(provenance or {})
+    key = checkpoint.fingerprint(provenance, calculation.__dict__, settings.as_dict(), restraints)
+    with _progress_bar(settings.epochs) as bar:
+        task = bar.add_task(RUN, total=settings.epochs, info="preparing")
+
+        def on_epoch(state, record):
+            info = f"loss {record['loss']:.4g}"
+            if "R_obs_frame_mean" in record:
+                info += f"  R_obs {100 * record['R_obs_frame_mean']:.2f} %"
+            bar.update(task, completed=state.epoch, info=info)
+
+        result = refine(crystal, datasets, calculation, settings, restraints=restraints, folder=out, resume=resume,
+                        fingerprint=key, on_epoch=on_epoch, names=names)
+    from . import __version__
+
+    provenance.update(edrefine_version=__version__, seed=settings.seed)
+    write_outputs(out, result, datasets, provenance, truth, truth_thickness)
+    return result
+
+
+@app.command()
+def refine(
+    structure: Annotated[Path, typer.Option(help="Starting model (small-molecule CIF).")],
+    data: Annotated[list[Path], typer.Option(help="PETS2 dataset(s); repeat --data for several crystals.")],
+    out: Annotated[Path, typer.Option(help="Output folder (created; never overwritten unless --resume).")],
+    config: Annotated[Optional[Path], CONFIG] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    gmax: Annotated[Optional[float], GMAX] = None,
+    sgmax: Annotated[Optional[float], SGMAX] = None,
+    tilts: Annotated[Optional[int], TILTS] = None,
+    tilt_rule: Annotated[Optional[str], typer.Option(help="midpoint, uniform or gauss.")] = None,
+    rsg: Annotated[Optional[float], RSG] = None,
+    dsg: Annotated[Optional[float], DSG] = None,
+    form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
+    absorption: Annotated[Optional[float], typer.Option(help="Start κ of U' = κU and refine it (default: elastic).")] = None,
+    thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (default) or neural-grid.")] = None,
+    thickness_min: Annotated[Optional[float], typer.Option(help="Lower thickness bound [Å] (default 50).")] = None,
+    thickness_max: Annotated[Optional[float], typer.Option(help="Upper thickness bound [Å] (default 2500).")] = None,
+    optimiser: Annotated[Optional[str], typer.Option(help="adam (default), lbfgs, or lm (structure only).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (Adam) or iterations (L-BFGS, LM) (default 150).")] = None,
+    refine_groups: Annotated[Optional[str], typer.Option("--refine", help="Comma list of groups to refine: positions, adp, occupancy, absorption, orientation, thickness.")] = None,
+    learning_rate: Annotated[Optional[list[str]], typer.Option(help="GROUP=RATE, repeatable, e.g. positions=0.002.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine (default), exponential or constant.")] = None,
+    batch_frames: Annotated[Optional[int], typer.Option(help="Frames per mini-batch (0: all, the default).")] = None,
+    validation_fraction: Annotated[Optional[float], typer.Option(help="Share of frames held out for early stopping.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Epochs without improvement before stopping (0: never).")] = None,
+    polish_steps: Annotated[Optional[int], typer.Option(help="Levenberg–Marquardt steps on the structure at the end.")] = None,
+    chunk_frames: Annotated[Optional[int], typer.Option(help="Frames per compiled call (bounds memory).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the neural model and the batch order.")] = None,
+    u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
+    drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
+) -> None:
+    """Refine a structure against 3D-ED data: structure, orientations and a learned thickness model."""
+    from .checkpoint import file_checksum
+    from .cif import read_crystal
+    from .pets import read_pets
+    from .refine_settings import read_refinement_table, refinement_settings
+    from .settings import resolve_settings
+
+    calculation = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
+                                   form_factors=form_factors, absorption=absorption)
+    table, restraints = read_refinement_table(config)
+    flags = dict(thickness_model=thickness_model, thickness_min=thickness_min, thickness_max=thickness_max,
+                 optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
+                 batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
+                 polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
+                 learning_rates=_rates(learning_rate, table))
+    settings = refinement_settings(table, flags, str(config) if config else "settings")
+    if absorption is not None and "absorption" not in settings.refine:
+        settings = refinement_settings(table, {**flags, "refine": settings.refine + ("absorption",)})
+    crystal = read_crystal(structure)
+    datasets = [read_pets(p, zero_sigma="drop" if drop_zero_sigma else "raise") for p in data]
+    _prepare_folder(out, resume)
+    provenance = {"inputs": {str(p): file_checksum(p) for p in [structure, *data]}}
+    names = [p.stem for p in data]
+    result = run_refinement(crystal, datasets, calculation, settings, out, resume=resume, provenance=provenance,
+                            restraints=restraints, names=names if len(set(names)) == len(names) else None)
+    _print_result(result, out)
+
+
+def _rates(pairs: list[str] | None, table: dict) -> dict | None:
+    if not pairs:
+        return None
+    rates = dict(table.get("learning_rates", {}))
+    for pair in pairs:
+        group, sep, value = pair.partition("=")
+        try:
+            rates[group.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate") from None
+        if not sep:
+            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate")
+    return rates
+
+
+def _print_result(result, out: Path, extra: list[tuple[str, str]] = ()) -> None:
+    table = Table(title="Refinement (figures on |F|; observed: I > 3σ)")
+    for column in ("figure", "start", "refined"):
+        table.add_column(column, justify="right")
+    start = result.metrics["start"]
+    for key, label in (("R_obs_frame_mean", "R_obs, mean of frames"), ("wR_frame_mean", "wR, mean of frames"),
+                       ("R_obs", "R(obs), Jana form"), ("wR_all", "wR(all), Jana form")):
+        table.add_row(label, f"{100 * start[key]:.2f} %", f"{100 * result.metrics[key]:.2f} %")
+    table.add_row("GoF", f"{start['GoF']:.3f}", f"{result.metrics['GoF']:.3f}")
+    for label, before, after in extra:
+        table.add_row(label, before, after)
+    table.add_row("reflections observed / all", "", f"{result.metrics['n_obs']} / {result.metrics['n_all']}")
+    table.add_row("time", "", f"{result.seconds:.1f} s")
+    console.print(table)
+    for event in result.events:
+        console.print(f"  {event}")
+    console.print(f"outputs in {out} (report: {out / 'report.html'})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the demo (default: a new temporary folder).")] = None,
+    epochs: Annotated[int, typer.Option(help="Adam epochs.")] = 150,
+    seed: Annotated[int, typer.Option(help="Seed of noise, perturbation and network.")] = 0,
+) -> None:
+    """Simulate a small α-quartz dataset with a tilt-dependent wedge, perturb the structure, and refine
+    it back with the neural thickness model; prints what was recovered."""
+    from .demo import run_demo
+
+    folder = Path(tempfile.mkdtemp(prefix="edrefine-demo-")) if out is None else out
+    _prepare_folder(folder, False)
+    begin = time.perf_counter()
+    summary = run_demo(folder, epochs=epochs, seed=seed, console=console, runner=run_refinement)
+    result = summary.pop("result")
+    rows = [("coordinate RMSD [Å]", f"{summary['rmsd_start']:.4f}", f"{summary['rmsd_refined']:.4f}"),
+            ("U_iso error (max, relative)", f"{100 * summary['u_error_start']:.1f} %",
+             f"{100 * summary['u_error_refined']:.1f} %"),
+            ("thickness error (mean |Δt|/t)", f"{100 * summary['thickness_error_start']:.1f} %",
+             f"{100 * summary['thickness_error_refined']:.1f} %")]
+    _print_result(result, folder / "refinement", rows)
+    console.print("true vs learned mean thickness [Å] at α = " + ", ".join(
+        f"{a:+.0f}°: {t:.0f}/{m:.0f}" for a, t, m in summary["thickness_samples"]))
+    console.print(f"demo finished in {time.perf_counter() - begin:.1f} s; files in {folder}")
+    (folder / "demo.json").write_text(json.dumps(summary, indent=1, default=float))

@@ -1,0 +1,73 @@
+"""The refine command: outputs, refusal to overwrite, resume, one-line errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edrefine", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refine")
+    data = folder / "sim.cif_pets"
+    result = run("simulate", "--structure", str(EXAMPLES / "quartz.cif"), "--alpha-range", "-12", "12", "--step",
+                 "6", "--half-width", "0.5", "--thickness", "wedge:200,400", "--gmax", "1.2", "--tilts", "3",
+                 "--counts", "1e5", "--out", str(data))
+    assert result.returncode == 0, result.stderr
+    return data
+
+
+def test_refine_writes_every_output_and_refuses_to_overwrite(dataset, tmp_path):
+    out = tmp_path / "run"
+    common = ["--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2", "--tilts", "3",
+              "--tilt-rule", "gauss", "--epochs", "4", "--polish-steps", "2", "--thickness-model", "neural"]
+    result = run("refine", *common, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for name in ("refined.cif", "reflections.csv", "frames.csv", "metrics.json", "report.html", "fo_fc.png",
+                 "thickness.png", "convergence.png", "checkpoint.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "seconds",
+                "history", "start", "edrefine_version", "inputs", "seed"):
+        assert key in metrics, key
+    assert len(metrics["history"]) == 4
+    header = (out / "reflections.csv").read_text().splitlines()[0]
+    assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
+    again = run("refine", *common, "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    resumed = run("refine", *common, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--thickness-model", "banana"], "thickness_model"),
+        (["--refine", "positions,spin"], "refine"),
+        (["--epochs", "0"], "epochs"),
+        (["--learning-rate", "positions"], "learning-rate"),
+        (["--thickness-min", "900", "--thickness-max", "100"], "thickness_min"),
+    ],
+)
+def test_bad_settings_give_one_line(dataset, tmp_path, extra, message):
+    result = run("refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--out",
+                 str(tmp_path / "x"), *extra)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_names_the_file(dataset, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[refinement]\nepochz = 3\n")
+    result = run("refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--out",
+                 str(tmp_path / "y"), "--config", str(config))
+    assert result.returncode == 2 and str(config) in result.stderr and "epochz" in result.stderr

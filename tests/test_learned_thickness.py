@@ -1,0 +1,85 @@
+"""Refinable thickness models: bounds, normalisation, geometry, pretraining, derivatives."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from edrefine.errors import InputError
+from edrefine.learned_thickness import (Bounds, FrameFeatures, PlateThickness, fit_thickness_model,
+                                        make_thickness_model, mean_and_width)
+
+ALPHA = np.linspace(-40.0, 40.0, 17)
+BOUNDS = Bounds(50.0, 1500.0)
+FEATURES = FrameFeatures(jnp.arange(ALPHA.size), jnp.asarray(ALPHA), jnp.array([1.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("kind", ["constant", "perframe", "plate", "neural", "neural-grid"])
+def test_distributions_are_normalised_and_inside_the_bounds(kind):
+    model = make_thickness_model(kind, ALPHA, np.full(ALPHA.size, 400.0), BOUNDS, key=jax.random.key(1))
+    nodes, weights = model(FEATURES)
+    assert nodes.shape == weights.shape and nodes.shape[0] == ALPHA.size
+    np.testing.assert_allclose(np.sum(weights, axis=1), 1.0, rtol=1e-12)
+    assert np.all(nodes >= BOUNDS.t_min) and np.all(nodes <= BOUNDS.t_max)
+    mean, _ = mean_and_width(nodes, weights)
+    expected = 400.0 / np.cos(np.deg2rad(ALPHA)) if kind == "plate" else 400.0
+    np.testing.assert_allclose(mean, expected, rtol=0.03)
+
+
+def test_bounds_hold_for_any_raw_value_and_invert():
+    raw = jnp.array([-1e3, -3.0, 0.0, 3.0, 1e3])
+    t = BOUNDS.to_thickness(raw)
+    assert np.all(t >= 50.0) and np.all(t <= 1500.0)
+    np.testing.assert_allclose(BOUNDS.to_thickness(BOUNDS.to_raw(jnp.array([60.0, 700.0, 1400.0]))),
+                               [60.0, 700.0, 1400.0], rtol=1e-9)
+    with pytest.raises(InputError):
+        Bounds(500.0, 100.0)
+
+
+def test_plate_path_length_is_t0_over_cosine_of_the_tilt_from_the_normal():
+    # normal along the beam at α = 0, goniometer axis x: path t0 / cos α
+    plate = PlateThickness(BOUNDS.to_raw(300.0), jnp.zeros(2), BOUNDS)
+    nodes, _ = plate(FEATURES)
+    np.testing.assert_allclose(np.asarray(nodes[:, 0]), 300.0 / np.cos(np.deg2rad(ALPHA)), rtol=1e-6)
+    # normal tilted by 20° towards −y at α = 0 (θ = 20°, φ = −90°): it is along the beam at α = −20°
+    tilted = PlateThickness(BOUNDS.to_raw(300.0), jnp.array([np.deg2rad(20.0), -np.pi / 2]), BOUNDS)
+    nodes, _ = tilted(FEATURES)
+    np.testing.assert_allclose(np.asarray(nodes[:, 0]), 300.0 / np.cos(np.deg2rad(ALPHA + 20.0)), rtol=1e-6)
+
+
+def test_neural_models_learn_a_wedge_and_a_step():
+    target = 300.0 + 4.0 * (ALPHA + 40.0)
+    gaussian = make_thickness_model("neural", ALPHA, target, BOUNDS, key=jax.random.key(0))
+    mean, _ = mean_and_width(*gaussian(FEATURES))
+    np.testing.assert_allclose(mean, target, rtol=0.02)
+    step = np.where(ALPHA < 0, 300.0, 800.0)
+    grid = make_thickness_model("neural-grid", ALPHA, step, BOUNDS, key=jax.random.key(0), grid_nodes=30)
+    mean, _ = mean_and_width(*grid(FEATURES))
+    far = np.abs(ALPHA) > 10
+    np.testing.assert_allclose(np.asarray(mean)[far], step[far], rtol=0.06)
+
+
+def test_pretraining_reduces_the_misfit():
+    model = make_thickness_model("neural", ALPHA, np.full(ALPHA.size, 400.0), BOUNDS, key=jax.random.key(2))
+    target = 600.0 - 3.0 * ALPHA
+    before = np.abs(mean_and_width(*model(FEATURES))[0] - target).mean()
+    after = np.abs(mean_and_width(*fit_thickness_model(model, ALPHA, target)(FEATURES))[0] - target).mean()
+    assert after < 0.1 * before
+
+
+@pytest.mark.parametrize("kind", ["constant", "perframe", "plate", "neural", "neural-grid"])
+def test_model_derivatives_match_finite_differences(kind):
+    model = make_thickness_model(kind, ALPHA, 300.0 + 5.0 * np.abs(ALPHA), BOUNDS, key=jax.random.key(3),
+                                 width=6, depth=1, grid_nodes=8)
+    if kind == "plate":
+        model = eqx.tree_at(lambda m: m.normal, model, jnp.array([0.2, 0.4]))
+    arrays, static = eqx.partition(model, eqx.is_inexact_array)
+    probe = jnp.linspace(0.5, 1.5, ALPHA.size)
+
+    def summary(a):
+        nodes, weights = eqx.combine(a, static)(FEATURES)
+        return jnp.sum(probe[:, None] * weights * jnp.sin(nodes / 200.0))
+
+    check_grads(summary, (arrays,), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,89 @@
+"""Refinement end to end on tiny synthetic data: recovery, resume equals uninterrupted, optimisers, s.u.s."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from edrefine.cif import read_crystal
+from edrefine.crystal import coordinate_rmsd, perturb
+from edrefine.errors import InputError
+from edrefine.refine import refine
+from edrefine.refine_settings import RefinementSettings, refinement_settings
+from edrefine.settings import CalculationSettings
+from edrefine.simulation import simulate_dataset, synthetic_template
+from edrefine.thickness import Constant
+
+QUARTZ = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quartz.cif"
+CALC = CalculationSettings(gmax=1.3, sgmax=0.01, tilts=3, tilt_rule="gauss")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return read_crystal(QUARTZ)
+
+
+@pytest.fixture(scope="module")
+def data(truth):
+    template = synthetic_template(truth.cell, alpha_range=(-30.0, 30.0), step=5.0, half_width=0.5, seed=4,
+                                  rotation_axis_position=10.0)
+    return simulate_dataset(truth, template, Constant(280.0), counts=1e5, noise=False, g_max=1.3, sg_max=0.01,
+                            tilts=3, tilt_rule="gauss")
+
+
+def test_recovers_a_perturbed_structure_from_noiseless_data(truth, data):
+    start = perturb(truth, jax.random.key(0), 0.05)
+    settings = RefinementSettings(thickness_model="constant", epochs=80, polish_steps=15, report_every=40,
+                                  refine=("positions", "adp", "thickness"))
+    result = refine(start, [data], CALC, settings)
+    assert float(coordinate_rmsd(result.crystal, truth)) < 0.003
+    np.testing.assert_allclose(np.asarray(result.crystal.u_iso()), np.asarray(truth.u_iso()), rtol=0.1)
+    assert result.metrics["wR_all"] < 0.2 * result.metrics["start"]["wR_all"]
+    thickness = np.array([f["thickness_mean"] for f in result.frames])
+    np.testing.assert_allclose(thickness, 280.0, rtol=0.03)
+    su = np.asarray(result.uncertainties.positions)
+    assert np.all(np.isfinite(su[1])) and np.all(su[1] > 0)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_ends(truth, data, tmp_path):
+    start = perturb(truth, jax.random.key(1), 0.05)
+    settings = RefinementSettings(thickness_model="neural", epochs=6, polish_steps=0, checkpoint_every=1,
+                                  batch_frames=5, nn_width=8, nn_depth=1, report_every=100)
+    whole = refine(start, [data], CALC, settings)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_three(state, record):
+        if state.epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        refine(start, [data], CALC, settings, folder=tmp_path, fingerprint="x", on_epoch=kill_at_three)
+    resumed = refine(start, [data], CALC, settings, folder=tmp_path, fingerprint="x", resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    with pytest.raises(InputError, match="other inputs"):
+        refine(start, [data], CALC, settings, folder=tmp_path, fingerprint="y", resume=True)
+
+
+@pytest.mark.parametrize("optimiser", ["lbfgs", "lm"])
+def test_second_order_and_quasi_newton_optimisers_reduce_the_loss(truth, data, optimiser):
+    start = perturb(truth, jax.random.key(2), 0.03)
+    settings = RefinementSettings(thickness_model="constant", optimiser=optimiser, epochs=8, polish_steps=0,
+                                  refine=("positions", "adp"), report_every=100)
+    result = refine(start, [data], CALC, settings)
+    assert result.metrics["wR_all"] < 0.5 * result.metrics["start"]["wR_all"]
+
+
+def test_settings_reject_impossible_values():
+    with pytest.raises(InputError, match="thickness_model"):
+        RefinementSettings(thickness_model="banana")
+    with pytest.raises(InputError, match="refine"):
+        refinement_settings({}, {"refine": "positions,spin"})
+    with pytest.raises(InputError, match="unknown refinement setting"):
+        refinement_settings({"epoch": 3}, {})
+    with pytest.raises(InputError, match="learning_rates"):
+        refinement_settings({}, {"learning_rates": {"positions": -1.0}})
