@@ -95,6 +95,7 @@ def _gradient_check(setup, kind, kappa, leaf_tolerance):
     labels = jax.tree_util.tree_leaves(group_labels(params))
     leaves, treedef = jax.tree_util.tree_flatten(array_part)
 
+    @jax.jit
     def f(values):
         return objective.chunk_chi2(eqx.combine(jax.tree_util.tree_unflatten(treedef, values), static_part), 0,
                                     frames, crystal, context, problem.constants)

@@ -9,7 +9,9 @@ The public API, by layer (see ARCHITECTURE.md):
 * Bloch waves: :func:`structure_matrix`, :func:`absorptive_matrix`, :func:`propagate`,
   :func:`orientation_amplitudes`, beam sets :func:`select_beams`, :func:`pad_beam_sets`;
 * data: :func:`read_pets`, :func:`write_pets`, :func:`frame_orientations`;
-* the 3D-ED measurement: :func:`score_dataset` with :class:`CalculationSettings`.
+* the 3D-ED measurement: :func:`score_dataset` with :class:`CalculationSettings`;
+* refinement: :func:`refine` with :class:`RefinementSettings` (returns a :class:`RefinementResult`,
+  written by :func:`write_outputs`), refinable thickness models :func:`make_thickness_model`.
 
 Precision is chosen by the caller (``jax.config.update("jax_enable_x64", True)`` for float64);
 importing edrefine changes no JAX setting.
@@ -27,6 +29,10 @@ from .pattern import Pattern, simulate_pattern
 from .pets import PetsData, read_pets, write_pets
 from .score import score_dataset
 from .simulation import simulate_dataset, synthetic_template
+from .learned_thickness import make_thickness_model
+from .outputs import write_outputs
+from .refine import RefinementResult, refine
+from .refine_settings import RefinementSettings
 from .settings import CalculationSettings
 from .scattering import PARAMETRISATIONS, ScatteringFactors, element_symbol, load_scattering_factors
 from .structure_factor import debye_waller, potential_coefficients, structure_factors
@@ -41,5 +47,6 @@ __all__ = [
     "orientation_amplitudes", "pad_beam_sets", "perturb", "potential_coefficients", "propagate",
     "read_crystal", "read_crystal_with_uncertainties", "read_pets", "rotation_axis", "select_beams",
     "score_dataset", "simulate_dataset", "simulate_pattern", "synthetic_template", "structure_factors", "structure_matrix", "thickness_phase", "wavelength",
-    "write_crystal", "write_pets", "__version__",
+    "write_crystal", "write_pets", "__version__", "RefinementResult", "RefinementSettings", "make_thickness_model",
+    "refine", "write_outputs",
 ]

@@ -44,6 +44,10 @@ def _configure(
     import jax
 
     jax.config.update("jax_enable_x64", precision is Precision.float64)
+    cache = os.environ.get("EDREFINE_CACHE_DIR", str(Path.home() / ".cache" / "edrefine" / "jax"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @app.command()

@@ -131,7 +131,24 @@ def make_optimiser(params: RefinementParameters, settings: RefinementSettings, s
     transforms = {g: (optax.adam(schedule(settings.rate(g))) if g in settings.refine and settings.rate(g) > 0
                       else optax.set_to_zero()) for g in GROUPS}
     labels = group_labels(params)
-    return optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    chain = optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return FirstOrder(chain, settings.u_min)
+
+
+class FirstOrder(eqx.Module):
+    """An optax optimiser with a jitted step: update, apply, then :func:`project`."""
+
+    optimiser: optax.GradientTransformation = eqx.field(static=True)
+    u_min: float = eqx.field(static=True)
+
+    def init(self, arrays):
+        return self.optimiser.init(arrays)
+
+    @eqx.filter_jit
+    def step(self, grad, opt_state, params, crystal):
+        arrays, static = eqx.partition(params, eqx.is_inexact_array)
+        updates, opt_state = self.optimiser.update(grad, opt_state, arrays)
+        return project(eqx.combine(optax.apply_updates(arrays, updates), static), crystal, self.u_min), opt_state
 
 
 def _set_step_factor(opt_state, factor: float):
@@ -210,9 +227,7 @@ def adam_step(state: TrainingState, optimiser, problem: Problem, batches, settin
     if not (math.isfinite(loss) and _finite(grad)):
         _reject(state, f"epoch {state.epoch}: non-finite loss or gradient; step size halved")
         return math.nan
-    arrays, static = eqx.partition(state.params, eqx.is_inexact_array)
-    updates, opt_state = optimiser.update(grad, state.opt_state, arrays)
-    new = project(eqx.combine(optax.apply_updates(arrays, updates), static), problem.crystal, settings.u_min)
+    new, opt_state = optimiser.step(grad, state.opt_state, state.params, problem.crystal)
     if not _finite(new):
         _reject(state, f"epoch {state.epoch}: step gave non-finite parameters; rolled back, step size halved")
         return math.nan
@@ -326,12 +341,13 @@ def polish(problem: Problem, params: RefinementParameters, settings: RefinementS
     def residuals(y, _):
         return residual_vector(y, params, index, problem)
 
-    before = float(jnp.sum(residuals(y0, None) ** 2))
+    chi2 = jax.jit(lambda y: jnp.sum(residuals(y, None) ** 2))
+    before = float(chi2(y0))
     solution = optx.least_squares(residuals, optx.LevenbergMarquardt(rtol=1e-7, atol=1e-9), y0, max_steps=steps,
                                   throw=False)
     candidate = project(eqx.tree_at(lambda p: p.sites, params, index.from_vector(solution.value, params.sites)),
                         problem.crystal, settings.u_min)
-    after = float(jnp.sum(residuals(index.to_vector(candidate.sites), None) ** 2))
+    after = float(chi2(index.to_vector(candidate.sites)))
     info = {"steps": int(solution.stats["num_steps"]), "chi2_before": before, "chi2_after": after,
             "result": str(solution.result)}
     if not (math.isfinite(after) and after <= before):

@@ -25,8 +25,12 @@ def structural_covariance(params: RefinementParameters, problem: Problem, index:
                           n_parameters: int | None = None) -> tuple[np.ndarray, float]:
     """(Σ_p ``[p p]``, GoF) at ``params``; GoF counts ``n_parameters`` (default: the vector size)."""
     y = index.to_vector(params.sites)
-    jacobian = np.asarray(jax.jacfwd(lambda v: residual_vector(v, params, index, problem))(y))
-    residual = np.asarray(residual_vector(y, params, index, problem))
+
+    @jax.jit
+    def linearise(v):
+        return residual_vector(v, params, index, problem), jax.jacfwd(lambda u: residual_vector(u, params, index, problem))(v)
+
+    residual, jacobian = (np.asarray(a) for a in linearise(y))
     used = np.any(jacobian != 0, axis=1) | (residual != 0)
     n = int(np.sum(used))
     p = index.size if n_parameters is None else n_parameters
