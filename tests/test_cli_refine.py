@@ -70,3 +70,30 @@ def test_bad_config_names_the_file(dataset, tmp_path):
     result = run("refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--out",
                  str(tmp_path / "y"), "--config", str(config))
     assert result.returncode == 2 and str(config) in result.stderr and "epochz" in result.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint_and_outputs_and_resume_finishes_like_an_uninterrupted_run(dataset, tmp_path):
+    import signal
+    import time
+
+    common = ["refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2",
+              "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "40", "--polish-steps", "0",
+              "--thickness-model", "constant"]
+    whole = run(*common, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "edrefine", *common, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (out / "checkpoint.json").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert (out / "report.html").is_file() and (out / "refined.cif").is_file()
+    resumed = run(*common, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "refined.cif").read_text() == (tmp_path / "whole" / "refined.cif").read_text()

@@ -17,7 +17,7 @@ from .errors import InputError
 RUN = "Refinement"
 
 
-def _progress_bar(total: int):
+def _progress_bar():
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -46,7 +46,7 @@ def run_refinement(crystal, datasets, calculation, settings, out: Path, *, resum
 
     provenance = dict(provenance or {})
     key = checkpoint.fingerprint(provenance, calculation.__dict__, settings.as_dict(), restraints)
-    with _progress_bar(settings.epochs) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task(RUN, total=settings.epochs, info="preparing")
 
         def on_epoch(state, record):
@@ -122,6 +122,8 @@ def refine(
     result = run_refinement(crystal, datasets, calculation, settings, out, resume=resume, provenance=provenance,
                             restraints=restraints, names=names if len(set(names)) == len(names) else None)
     _print_result(result, out)
+    if result.interrupted:
+        raise KeyboardInterrupt
 
 
 def _rates(pairs: list[str] | None, table: dict) -> dict | None:

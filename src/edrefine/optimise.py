@@ -266,8 +266,14 @@ def run_first_order(
     has_validation = any(len(v) for v in validation)
     while state.epoch < settings.epochs and not state.stopped:
         start = time.perf_counter()
-        losses = [adam_step(state, optimiser, problem, b, settings) for b in _batches(problem, training, settings,
-                                                                                       state.epoch)]
+        snapshot = (state.params, state.opt_state, state.step_factor, len(state.events))
+        try:
+            losses = [adam_step(state, optimiser, problem, b, settings)
+                      for b in _batches(problem, training, settings, state.epoch)]
+        except KeyboardInterrupt:
+            state.params, state.opt_state, state.step_factor = snapshot[:3]
+            del state.events[snapshot[3]:]
+            raise
         state.epoch += 1
         record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
                   "seconds": time.perf_counter() - start}

@@ -45,6 +45,7 @@ class RefinementResult:
         history: per-epoch records (loss, validation loss, R where evaluated, seconds).
         events: rolled-back steps, early stop, polish result.
         settings: calculation and refinement settings; seconds: wall time.
+        datasets: dataset names; interrupted: True when Ctrl-C ended the first-order stage.
     """
 
     crystal: Crystal
@@ -58,6 +59,7 @@ class RefinementResult:
     settings: dict
     seconds: float
     datasets: tuple = ()
+    interrupted: bool = False
 
 
 def build_problem(crystal: Crystal, datasets: Sequence[PetsData], calculation: CalculationSettings,
@@ -123,15 +125,24 @@ def refine(
         if on_epoch is not None:
             on_epoch(s, record)
 
-    if stage == "first-order" and settings.optimiser == "adam":
-        state = run_first_order(problem, state, settings, epoch_hook)
-    elif stage == "first-order" and settings.optimiser == "lbfgs":
-        state = run_lbfgs(problem, state, settings, epoch_hook)
+    interrupted = False
+    try:
+        if stage == "first-order" and settings.optimiser == "adam":
+            state = run_first_order(problem, state, settings, epoch_hook)
+        elif stage == "first-order" and settings.optimiser == "lbfgs":
+            state = run_lbfgs(problem, state, settings, epoch_hook)
+    except KeyboardInterrupt:
+        interrupted = True
+        if folder is not None:
+            checkpoint.save(folder, state, "first-order", fingerprint)
+        state.events.append(f"interrupted after epoch {state.epoch}: checkpoint written (--resume continues); "
+                            "outputs are of the best state so far")
+        state.params = state.best_params if state.best_params is not None else state.params
     if state.stopped:
         state.events.append(state.stopped)
-    if folder is not None:
+    if folder is not None and not interrupted:
         checkpoint.save(folder, state, "polish", fingerprint)
-    steps = settings.epochs if settings.optimiser == "lm" else settings.polish_steps
+    steps = 0 if interrupted else settings.epochs if settings.optimiser == "lm" else settings.polish_steps
     params, info = polish(problem, state.params, settings, steps)
     if info.get("steps"):
         state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "
@@ -148,4 +159,4 @@ def refine(
                                       np.full(n, np.nan))
     return RefinementResult(refined, start, params, uncertainties, metrics, table, state.history, state.events,
                             {"calculation": dataclasses.asdict(calculation), "refinement": settings.as_dict()},
-                            time.perf_counter() - begin, tuple(d.name for d in problem.datasets))
+                            time.perf_counter() - begin, tuple(d.name for d in problem.datasets), interrupted)
