@@ -25,27 +25,6 @@ def dataset(tmp_path_factory):
     return data
 
 
-def test_refine_writes_every_output_and_refuses_to_overwrite(dataset, tmp_path):
-    """(Resuming is tested in test_refine.py without the subprocess.)"""
-    out = tmp_path / "run"
-    common = ["--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2", "--tilts", "3",
-              "--tilt-rule", "gauss", "--epochs", "4", "--polish-steps", "2", "--thickness-model", "neural"]
-    result = run("refine", *common, "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    for name in ("refined.cif", "reflections.csv", "frames.csv", "metrics.json", "report.html", "fo_fc.png",
-                 "thickness.png", "convergence.png", "checkpoint.json"):
-        assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "seconds",
-                "history", "start", "edrefine_version", "inputs", "seed"):
-        assert key in metrics, key
-    assert len(metrics["history"]) == 4
-    header = (out / "reflections.csv").read_text().splitlines()[0]
-    assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
-    again = run("refine", *common, "--out", str(out))
-    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -72,21 +51,37 @@ def test_bad_config_names_the_file(dataset, tmp_path):
     assert result.returncode == 2 and str(config) in result.stderr and "epochz" in result.stderr
 
 
-def test_ctrl_c_writes_a_checkpoint_and_outputs_and_resume_finishes_like_an_uninterrupted_run(dataset, tmp_path):
+def test_outputs_refusal_to_overwrite_ctrl_c_and_resume(dataset, tmp_path):
+    """One uninterrupted run (every output file), then the same run stopped by SIGINT after its first
+    checkpoint (exit 130, checkpoint and report written) and resumed: it ends where the first ended."""
     import signal
     import time
 
     common = ["refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2",
-              "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "40", "--polish-steps", "0",
-              "--thickness-model", "constant"]
-    whole = run(*common, "--out", str(tmp_path / "whole"))
-    assert whole.returncode == 0, whole.stderr
+              "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "200", "--polish-steps", "2",
+              "--thickness-model", "neural", "--batch-frames", "3"]
+    whole = tmp_path / "whole"
+    result = run(*common, "--out", str(whole))
+    assert result.returncode == 0, result.stderr
+    for name in ("refined.cif", "reflections.csv", "frames.csv", "metrics.json", "report.html", "fo_fc.png",
+                 "thickness.png", "convergence.png", "checkpoint.json"):
+        assert (whole / name).is_file(), name
+    metrics = json.loads((whole / "metrics.json").read_text())
+    for key in ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "seconds",
+                "history", "start", "edrefine_version", "inputs", "seed"):
+        assert key in metrics, key
+    assert 0 < len(metrics["history"]) <= 200
+    header = (whole / "reflections.csv").read_text().splitlines()[0]
+    assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
+    again = run(*common, "--out", str(whole))
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
     out = tmp_path / "stopped"
     process = subprocess.Popen([sys.executable, "-m", "edrefine", *common, "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (out / "checkpoint.json").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=600)
     if process.returncode == 0:
@@ -96,4 +91,4 @@ def test_ctrl_c_writes_a_checkpoint_and_outputs_and_resume_finishes_like_an_unin
     assert (out / "report.html").is_file() and (out / "refined.cif").is_file()
     resumed = run(*common, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert (out / "refined.cif").read_text() == (tmp_path / "whole" / "refined.cif").read_text()
+    assert (out / "refined.cif").read_text() == (whole / "refined.cif").read_text()

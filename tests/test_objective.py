@@ -133,3 +133,24 @@ def test_projection_keeps_u_positive_and_occupancy_bounded(setup):
     fixed = project(bad, crystal, 1e-4)
     assert np.all(np.asarray(fixed.sites.u_free[:, 0]) == 1e-4)
     np.testing.assert_array_equal(np.asarray(fixed.sites.occupancy), [1.0, 0.0])
+
+
+def test_chunks_trim_padding_without_changing_the_result(setup):
+    """Extra padded beams (the capacity of the largest frame) are decoupled exactly; chunks cut them."""
+    import dataclasses
+
+    crystal, _, problem, context = setup
+    params = params_for(crystal, problem, "constant", 320.0)
+    f = problem.frames
+    extra = 32
+    wide = dataclasses.replace(
+        f, beam_hkl=np.pad(f.beam_hkl, ((0, 0), (0, extra), (0, 0))), beam_mask=np.pad(f.beam_mask, ((0, 0), (0, extra))),
+        coupling_index=np.pad(f.coupling_index, ((0, 0), (0, extra), (0, extra))))
+    rows = np.arange(f.count)
+    untrimmed = wide.take(rows, trim=False)
+    (_, trimmed), = wide.chunks(rows, f.count)
+    assert trimmed.beam_mask.shape[1] < untrimmed.beam_mask.shape[1]
+    a = objective.chunk_evaluation(params, 0, untrimmed, crystal, context, problem.constants)
+    b = objective.chunk_evaluation(params, 0, trimmed, crystal, context, problem.constants)
+    order = np.argsort(f.beam_counts(), kind="stable")
+    np.testing.assert_allclose(np.asarray(b.chi2), np.asarray(a.chi2)[order], rtol=1e-9)

@@ -87,3 +87,36 @@ def test_settings_reject_impossible_values():
         refinement_settings({"epoch": 3}, {})
     with pytest.raises(InputError, match="learning_rates"):
         refinement_settings({}, {"learning_rates": {"positions": -1.0}})
+
+
+def test_a_step_with_non_finite_values_is_rolled_back_and_the_step_size_halved(truth, data):
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from edrefine.optimise import adam_step, build_parameters, first_order_optimiser, training_state
+    from edrefine.refine import build_problem
+
+    settings = RefinementSettings(thickness_model="constant", epochs=2)
+    problem = build_problem(truth, [data], CALC)
+    params = build_parameters(problem, settings, None)
+    poisoned = eqx.tree_at(lambda p: p.datasets[0].orientation, params,
+                           params.datasets[0].orientation.at[0, 0].set(jnp.nan))
+    optimiser = first_order_optimiser(problem, poisoned, settings)
+    state = training_state(poisoned)
+    state.opt_state = optimiser.init(eqx.filter(poisoned, eqx.is_inexact_array))
+    loss = adam_step(state, optimiser, problem, [np.arange(problem.datasets[0].frames.count)], settings)
+    assert np.isnan(loss) and state.step_factor == 0.5 and "non-finite" in state.events[-1]
+    assert state.params is poisoned
+    state.params = params
+    assert np.isfinite(adam_step(state, optimiser, problem, [np.arange(problem.datasets[0].frames.count)], settings))
+
+
+def test_two_datasets_refine_together_each_with_its_own_frames(truth, data):
+    start = perturb(truth, jax.random.key(3), 0.03)
+    settings = RefinementSettings(thickness_model="perframe", epochs=3, polish_steps=0, report_every=100)
+    result = refine(start, [data, data], CALC, settings, names=["a", "b"])
+    assert {f["dataset"] for f in result.frames} == {"a", "b"}
+    assert len(result.params.datasets) == 2
+    single = sum(1 for f in result.frames if f["dataset"] == "a")
+    assert single == len(result.frames) // 2
+    assert result.metrics["wR_all"] < result.metrics["start"]["wR_all"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def refine(
     thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (default) or neural-grid.")] = None,
     thickness_min: Annotated[Optional[float], typer.Option(help="Lower thickness bound [Å] (default 50).")] = None,
     thickness_max: Annotated[Optional[float], typer.Option(help="Upper thickness bound [Å] (default 2500).")] = None,
+    thickness_start: Annotated[Optional[str], typer.Option(help="Starting thickness search: auto (default), dataset or frame.")] = None,
     optimiser: Annotated[Optional[str], typer.Option(help="adam (default), lbfgs, or lm (structure only).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (Adam) or iterations (L-BFGS, LM) (default 150).")] = None,
     refine_groups: Annotated[Optional[str], typer.Option("--refine", help="Comma list of groups to refine: positions, adp, occupancy, absorption, orientation, thickness.")] = None,
@@ -107,6 +109,7 @@ def refine(
                                    form_factors=form_factors, absorption=absorption)
     table, restraints = read_refinement_table(config)
     flags = dict(thickness_model=thickness_model, thickness_min=thickness_min, thickness_max=thickness_max,
+                 thickness_start=thickness_start,
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
                  polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
@@ -123,7 +126,9 @@ def refine(
                             restraints=restraints, names=names if len(set(names)) == len(names) else None)
     _print_result(result, out)
     if result.interrupted:
-        raise KeyboardInterrupt
+        print(f"edrefine: interrupted; outputs of the best state so far and a checkpoint are in {out} "
+              "(--resume continues)", file=sys.stderr)
+        raise typer.Exit(130)
 
 
 def _rates(pairs: list[str] | None, table: dict) -> dict | None:

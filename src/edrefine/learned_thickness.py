@@ -231,13 +231,14 @@ def fit_thickness_model(model: ThicknessModel, alpha, target, steps: int = 600, 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimiser = optax.adam(learning_rate)
 
-    @jax.jit
-    def step(p, state):
-        value, grad = jax.value_and_grad(lambda q: loss(eqx.combine(q, static)))(p)
+    def step(carry, _):
+        p, state = carry
+        grad = jax.grad(lambda q: loss(eqx.combine(q, static)))(p)
         updates, state = optimiser.update(grad, state, p)
-        return optax.apply_updates(p, updates), state, value
+        return (optax.apply_updates(p, updates), state), None
 
-    state = optimiser.init(params)
-    for _ in range(steps):
-        params, state, _ = step(params, state)
-    return eqx.combine(params, static)
+    @jax.jit
+    def train(p):
+        return jax.lax.scan(step, (p, optimiser.init(p)), None, length=steps)[0][0]
+
+    return eqx.combine(train(params), static)

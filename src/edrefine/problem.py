@@ -71,15 +71,35 @@ class FrameArrays(eqx.Module):
     def count(self) -> int:
         return int(np.shape(self.index)[0])
 
-    def take(self, rows: np.ndarray, size: int | None = None) -> FrameArrays:
-        """Frames ``rows`` (host), padded to ``size`` by repeating the first with frame_mask False."""
+    def beam_counts(self) -> np.ndarray:
+        """Real beams of every frame (host)."""
+        return np.asarray(self.beam_mask).sum(axis=1)
+
+    def take(self, rows: np.ndarray, size: int | None = None, trim: bool = True) -> FrameArrays:
+        """Frames ``rows`` (host), padded to ``size`` by repeating the first with frame_mask False.
+
+        With ``trim`` the beam axis is cut to the bucketed largest beam count among ``rows``
+        (real beams come first, and padded beams are decoupled exactly, so nothing changes but
+        the cost, which goes as the capacity cubed).
+        """
         rows = np.asarray(rows, dtype=np.int64)
         size = len(rows) if size is None else size
         padded = np.concatenate([rows, np.full(size - len(rows), rows[0] if len(rows) else 0)])
         real = np.arange(size) < len(rows)
         taken = {f.name: np.asarray(getattr(self, f.name))[padded] for f in dataclasses.fields(self)}
         taken["frame_mask"] = taken["frame_mask"] & real
+        if trim and len(rows):
+            n = min(bucket_capacity(int(self.beam_counts()[rows].max())), taken["beam_mask"].shape[1])
+            taken["beam_hkl"], taken["beam_mask"] = taken["beam_hkl"][:, :n], taken["beam_mask"][:, :n]
+            taken["coupling_index"] = taken["coupling_index"][:, :n, :n]
         return FrameArrays(**taken)
+
+    def chunks(self, rows: np.ndarray, size: int) -> list[tuple[np.ndarray, FrameArrays]]:
+        """``rows`` ordered by beam count and cut into chunks of ``size`` frames: (rows, arrays) pairs,
+        so that each chunk's trimmed capacity (:meth:`take`) is as small as its frames allow."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ordered = rows[np.argsort(self.beam_counts()[rows], kind="stable")]
+        return [(ordered[i:i + size], self.take(ordered[i:i + size], size)) for i in range(0, len(ordered), size)]
 
 
 class DatasetConstants(eqx.Module):

@@ -20,8 +20,9 @@ from . import checkpoint
 from .cif import Uncertainties
 from .crystal import Crystal
 from .loss import Problem, StructuralIndex
-from .optimise import (TrainingState, build_parameters, count_parameters, figures_of_merit, first_order_optimiser,
-                       frame_table, polish, run_first_order, run_lbfgs, training_state)
+from .optimise import (TrainingState, build_parameters, first_order_optimiser, polish, run_first_order, run_lbfgs,
+                       training_state)
+from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
 from .pets import PetsData
 from .problem import prepare_dataset, structure_context

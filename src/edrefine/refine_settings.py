@@ -37,6 +37,8 @@ class RefinementSettings:
     Attributes:
         thickness_model: constant, perframe, plate, neural (Gaussian per frame) or neural-grid.
         thickness_min, thickness_max: bounds of every thickness model [Å].
+        thickness_start: dataset, frame or auto: the starting thickness from a dataset-wide or a
+            per-frame search (:func:`edrefine.optimise.initial_thickness`).
         optimiser: adam, lbfgs, or lm (Levenberg–Marquardt on the structure only).
         epochs: passes over the training frames (Adam) or iterations (L-BFGS).
         refine: the groups that change; the others stay at their starting values.
@@ -46,7 +48,8 @@ class RefinementSettings:
         batch_frames: frames per mini-batch (0: the whole dataset each step).
         validation_fraction: share of frames held out (every k-th frame) for early stopping.
         patience: epochs without improvement before stopping (0: never stop early).
-        polish_steps: Levenberg–Marquardt iterations on the structure after Adam (0: none).
+        polish_steps: Levenberg–Marquardt iterations on the structure after Adam (0: none); each costs
+            about one forward pass per structural parameter.
         chunk_frames: frames evaluated in one compiled call (bounds memory).
         seed: initialisation of the neural model and the mini-batch order.
         u_min: lower bound of U eigenvalues [Å²]; u_reset: start every site isotropic at this
@@ -59,6 +62,7 @@ class RefinementSettings:
     thickness_model: str = "neural"
     thickness_min: float = 50.0
     thickness_max: float = 2500.0
+    thickness_start: str = "auto"
     optimiser: str = "adam"
     epochs: int = 150
     refine: tuple[str, ...] = ("positions", "adp", "orientation", "thickness")
@@ -68,7 +72,7 @@ class RefinementSettings:
     batch_frames: int = 0
     validation_fraction: float = 0.0
     patience: int = 30
-    polish_steps: int = 10
+    polish_steps: int = 3
     chunk_frames: int = 16
     seed: int = 0
     u_min: float = 1e-4
@@ -83,6 +87,8 @@ class RefinementSettings:
         if self.thickness_model not in MODEL_KINDS:
             raise InputError(f"must be one of {', '.join(MODEL_KINDS)}, got {self.thickness_model!r}",
                              source="thickness_model")
+        if self.thickness_start not in ("auto", "dataset", "frame"):
+            raise InputError(f"must be auto, dataset or frame, got {self.thickness_start!r}", source="thickness_start")
         if self.optimiser not in ("adam", "lbfgs", "lm"):
             raise InputError(f"must be adam, lbfgs or lm, got {self.optimiser!r}", source="optimiser")
         if self.schedule not in ("cosine", "exponential", "constant"):
