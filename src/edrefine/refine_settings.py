@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from pathlib import Path
 
 from .errors import InputError
 from .learned_thickness import MODEL_KINDS
 from .parameters import GROUPS
+from .settings import load_toml
 
 DEFAULT_LEARNING_RATES = {
     "positions": 2e-3,
@@ -155,12 +155,7 @@ def read_refinement_table(path: Path | None) -> tuple[dict, list[dict]]:
     """The ``[refinement]`` table and the ``[[restraint]]`` list of a TOML file (both may be empty)."""
     if path is None:
         return {}, []
-    try:
-        table = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", source=str(path)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"not valid TOML: {error}", source=str(path)) from None
+    table = load_toml(path)
     refinement = table.get("refinement", {})
     restraints = table.get("restraint", [])
     if not isinstance(refinement, dict) or not isinstance(restraints, list):

@@ -85,16 +85,21 @@ NON_CALCULATION = ("refinement", "restraint")
 """Top-level TOML entries read elsewhere (:mod:`edrefine.refine_settings`)."""
 
 
-def read_config(path: Path | None) -> dict:
-    """Settings from a TOML file (names as the flags); unknown names are an error."""
-    if path is None:
-        return {}
+def load_toml(path: Path) -> dict:
+    """The whole TOML file as a dict; InputError naming the file when missing or invalid."""
     try:
-        table = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise InputError("no such file", source=str(path)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"not valid TOML: {error}", source=str(path)) from None
+
+
+def read_config(path: Path | None) -> dict:
+    """Settings from a TOML file (names as the flags); unknown names are an error."""
+    if path is None:
+        return {}
+    table = load_toml(path)
     table = {**{k: v for k, v in table.items() if not isinstance(v, dict) and k not in NON_CALCULATION},
              **table.get("calculation", {})}
     values = {}
