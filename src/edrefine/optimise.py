@@ -292,16 +292,22 @@ def run_first_order(
             if (has_validation or settings.batch_frames > 0) else record["loss"]
         if has_validation:
             record["validation_loss"] = monitor
-        if math.isfinite(monitor) and monitor < state.best_loss * (1 - 1e-6):
-            state.best_loss, state.best_epoch, state.best_params = monitor, state.epoch, state.params
-        if settings.patience and state.epoch - state.best_epoch >= settings.patience:
-            state.stopped = f"early stop at epoch {state.epoch}: no improvement for {settings.patience} epochs"
-        state.history.append(record)
-        if on_epoch is not None:
-            on_epoch(state, record)
+        _close_epoch(state, record, monitor, state.params, state.epoch, settings, on_epoch)
     if state.best_params is not None:
         state.params = state.best_params
     return state
+
+
+def _close_epoch(state: TrainingState, record: dict, monitor: float, monitored, epoch: int,
+                 settings: RefinementSettings, on_epoch) -> None:
+    """Keep-best (``monitored`` are the parameters whose loss is ``monitor``), early stop, history."""
+    if math.isfinite(monitor) and monitor < state.best_loss * (1 - 1e-6):
+        state.best_loss, state.best_epoch, state.best_params = monitor, epoch, monitored
+    if settings.patience and state.epoch - state.best_epoch >= settings.patience:
+        state.stopped = f"early stop at epoch {state.epoch}: no improvement for {settings.patience} epochs"
+    state.history.append(record)
+    if on_epoch is not None:
+        on_epoch(state, record)
 
 
 def run_lbfgs(problem: Problem, state: TrainingState, settings: RefinementSettings,
@@ -332,15 +338,13 @@ def run_lbfgs(problem: Problem, state: TrainingState, settings: RefinementSettin
         if not (_finite(candidate) and math.isfinite(float(value))):
             state.stopped = f"L-BFGS stopped at iteration {state.epoch}: non-finite step (rolled back)"
             break
+        previous, previous_epoch = state.params, state.epoch
         train = eqx.partition(eqx.filter(candidate, eqx.is_inexact_array), keep)[0]
         opt_state = new_state
         state.params, state.opt_state, state.epoch = candidate, opt_state, state.epoch + 1
         record = {"epoch": state.epoch, "loss": float(value), "seconds": time.perf_counter() - begin}
-        if record["loss"] < state.best_loss:
-            state.best_loss, state.best_epoch, state.best_params = record["loss"], state.epoch, state.params
-        state.history.append(record)
-        if on_epoch is not None:
-            on_epoch(state, record)
+        # the line search returns the loss of the parameters it started from
+        _close_epoch(state, record, float(value), previous, previous_epoch, settings, on_epoch)
     if state.best_params is not None:
         state.params = state.best_params
     return state
