@@ -51,14 +51,16 @@ def test_bad_config_names_the_file(dataset, tmp_path):
     assert result.returncode == 2 and str(config) in result.stderr and "epochz" in result.stderr
 
 
-def test_outputs_refusal_to_overwrite_ctrl_c_and_resume(dataset, tmp_path):
-    """One uninterrupted run (every output file), then the same run stopped by SIGINT after its first
-    checkpoint (exit 130, checkpoint and report written) and resumed: it ends where the first ended."""
+def test_outputs_refusal_to_overwrite_ctrl_c_kill_and_resume(dataset, tmp_path):
+    """One uninterrupted run (every output file); then the same run stopped by SIGINT after its first
+    checkpoint (exit 130, checkpoint and report written), resumed and killed with SIGKILL after a
+    later checkpoint, and resumed again: it ends bit-identical to the uninterrupted run."""
+    import random
     import signal
     import time
 
     common = ["refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2",
-              "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "200", "--polish-steps", "2",
+              "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "60", "--polish-steps", "2",
               "--thickness-model", "neural", "--batch-frames", "3"]
     whole = tmp_path / "whole"
     result = run(*common, "--out", str(whole))
@@ -70,7 +72,7 @@ def test_outputs_refusal_to_overwrite_ctrl_c_and_resume(dataset, tmp_path):
     for key in ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "seconds",
                 "history", "start", "edrefine_version", "inputs", "seed"):
         assert key in metrics, key
-    assert 0 < len(metrics["history"]) <= 200
+    assert 0 < len(metrics["history"]) <= 60
     header = (whole / "reflections.csv").read_text().splitlines()[0]
     assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
     again = run(*common, "--out", str(whole))
@@ -81,7 +83,7 @@ def test_outputs_refusal_to_overwrite_ctrl_c_and_resume(dataset, tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (out / "checkpoint.json").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=600)
     if process.returncode == 0:
@@ -89,6 +91,42 @@ def test_outputs_refusal_to_overwrite_ctrl_c_and_resume(dataset, tmp_path):
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert (out / "report.html").is_file() and (out / "refined.cif").is_file()
+    stopped_at = _checkpoint_epoch(out)
+
+    process = subprocess.Popen([sys.executable, "-m", "edrefine", *common, "--out", str(out), "--resume"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while time.time() < deadline and process.poll() is None and _checkpoint_epoch(out) < stopped_at + 10:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))
+    process.kill()
+    process.wait(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the kill arrived")
+    assert process.returncode == -signal.SIGKILL
+    assert _checkpoint_epoch(out) > stopped_at
     resumed = run(*common, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert (out / "refined.cif").read_text() == (whole / "refined.cif").read_text()
+    assert_same_outputs(out, whole)
+
+
+def _checkpoint_epoch(folder: pathlib.Path) -> int:
+    try:
+        return json.loads((folder / "checkpoint.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def assert_same_outputs(folder: pathlib.Path, reference: pathlib.Path) -> None:
+    """Every result file bit-identical; metrics.json identical but for wall times."""
+    for name in ("refined.cif", "reflections.csv", "frames.csv"):
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
+    metrics, expected = (json.loads((f / "metrics.json").read_text()) for f in (folder, reference))
+    assert _without_times(metrics) == _without_times(expected)

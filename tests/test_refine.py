@@ -120,3 +120,28 @@ def test_two_datasets_refine_together_each_with_its_own_frames(truth, data):
     single = sum(1 for f in result.frames if f["dataset"] == "a")
     assert single == len(result.frames) // 2
     assert result.metrics["wR_all"] < result.metrics["start"]["wR_all"]
+
+
+def test_a_run_that_keeps_failing_stops_at_its_best_state_and_says_why(truth, data):
+    """Blow-ups in the middle of a run (the parameters turn NaN after every epoch from the 3rd on)
+    are rolled back to the best state with halved step sizes; when that keeps happening the run
+    stops and returns the best finite state, with the reason in its events, instead of raising
+    or writing NaN."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    start = perturb(truth, jax.random.key(5), 0.02)
+    settings = RefinementSettings(thickness_model="constant", epochs=16, polish_steps=0, report_every=100,
+                                  patience=0)
+
+    def blow_up(state, record):
+        if state.epoch >= 3:
+            state.params = eqx.tree_at(lambda p: p.datasets[0].orientation, state.params,
+                                       jnp.full_like(state.params.datasets[0].orientation, jnp.nan))
+
+    result = refine(start, [data], CALC, settings, on_epoch=blow_up)
+    assert any("non-finite" in e and "rolled back to the best state" in e for e in result.events)
+    assert any(e.startswith("stopped after epoch") for e in result.events)
+    leaves = jax.tree_util.tree_leaves(eqx.filter(result.params, eqx.is_inexact_array))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
+    assert np.isfinite(result.metrics["wR_all"]) and result.metrics["wR_all"] < result.metrics["start"]["wR_all"]

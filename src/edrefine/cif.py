@@ -96,6 +96,8 @@ class _Block:
         if match is None:
             raise self.error(f"{what}{tag}: non-numeric value '{text}'", tag)
         value, digits = match.groups()
+        if not math.isfinite(float(value)):
+            raise self.error(f"{what}{tag}: value '{text}' is out of range", tag)
         decimals = len(value.split(".")[1].split("e")[0].split("E")[0]) if "." in value else 0
         su = int(digits) * 10.0**-decimals if digits else math.nan
         return float(value), su
@@ -139,6 +141,18 @@ def read_crystal_with_uncertainties(
 
 def _open_block(path: str | os.PathLike) -> _Block:
     source = str(path)
+    try:
+        raw = pathlib.Path(source).read_bytes()
+    except FileNotFoundError as err:
+        raise InputError("file not found", source=source) from err
+    except OSError as err:
+        raise InputError(f"cannot read: {err.strerror}", source=source) from err
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError(f"not a text file (byte 0x{raw[err.start]:02x} is not UTF-8)", source=source,
+                         line=line) from None
     try:
         document = gemmi.cif.read(source)
     except FileNotFoundError as err:

@@ -26,12 +26,16 @@ def _progress_bar():
                     TimeElapsedColumn(), console=Console(stderr=True), transient=True)
 
 
-def _prepare_folder(out: Path, resume: bool) -> None:
+def _check_folder(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", source=str(out))
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError("output folder exists and is not empty; use --resume to continue it or choose another",
                          source=str(out))
+
+
+def _prepare_folder(out: Path, resume: bool) -> None:
+    _check_folder(out, resume)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -97,12 +101,15 @@ def refine(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the neural model and the batch order.")] = None,
     u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
     drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
+    memory_limit: Annotated[Optional[float], typer.Option(help="Refuse to start above this estimated peak memory [GB] (default: 80 % of RAM).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Validate inputs and settings, prepare the problem, print its size and memory estimate, and stop.")] = False,
 ) -> None:
     """Refine a structure against 3D-ED data: structure, orientations and a learned thickness model."""
     from .checkpoint import file_checksum
     from .cif import read_crystal
     from .pets import read_pets
     from .refine_settings import read_refinement_table, refinement_settings
+    from .restraints import distance_restraints
     from .settings import resolve_settings
 
     calculation = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
@@ -113,12 +120,18 @@ def refine(
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
                  polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
-                 learning_rates=_rates(learning_rate, table))
+                 memory_limit=memory_limit, learning_rates=_rates(learning_rate, table))
     settings = refinement_settings(table, flags, str(config) if config else "settings")
     if absorption is not None and "absorption" not in settings.refine:
         settings = refinement_settings(table, {**flags, "refine": settings.refine + ("absorption",)})
     crystal = read_crystal(structure)
+    if restraints:
+        distance_restraints(crystal, restraints, source=str(config))
     datasets = [read_pets(p, zero_sigma="drop" if drop_zero_sigma else "raise") for p in data]
+    if check:
+        _check_folder(out, resume)
+        _print_check(crystal, datasets, calculation, settings, restraints, [p.stem for p in data])
+        return
     _prepare_folder(out, resume)
     provenance = {"inputs": {str(p): file_checksum(p) for p in [structure, *data]}}
     names = [p.stem for p in data]
@@ -129,6 +142,36 @@ def refine(
         print(f"edrefine: interrupted; outputs of the best state so far and a checkpoint are in {out} "
               "(--resume continues)", file=sys.stderr)
         raise typer.Exit(130)
+
+
+def _print_check(crystal, datasets, calculation, settings, restraints, names) -> None:
+    """What ``refine`` would work on: per dataset frames, reflections, beams; parameters; memory."""
+    import numpy as np
+
+    from .learned_thickness import node_count
+    from .loss import StructuralIndex
+    from .parameters import reset_u
+    from .problem import check_memory, physical_memory
+    from .refine import build_problem
+
+    start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
+    problem = build_problem(start, datasets, calculation, restraints, names if len(set(names)) == len(names) else None)
+    table = Table(title="Refinement check (nothing refined)")
+    for column in ("dataset", "frames", "reflections", "beams max/mean", "capacity", "tilts"):
+        table.add_column(column, justify="right")
+    for dataset in problem.datasets:
+        f = dataset.frames
+        beams = np.asarray(f.beam_mask).sum(axis=1)
+        table.add_row(dataset.name, str(f.count), str(int(np.asarray(f.refl_mask).sum())),
+                      f"{beams.max()} / {beams.mean():.0f}", str(np.shape(f.beam_mask)[1]), str(np.shape(f.tilts)[1]))
+    console.print(table)
+    nodes = node_count(settings.thickness_model, settings.grid_nodes)
+    peak = check_memory(problem.datasets, settings.chunk_frames, nodes, settings.memory_limit)
+    groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
+    console.print(f"refined structural parameters: {StructuralIndex.of(problem.crystal, groups).size}; "
+                  f"estimated peak memory {peak / 1e9:.2f} GB of "
+                  f"{(settings.memory_limit or 0.8 * physical_memory() / 1e9):.1f} GB allowed")
+    console.print("inputs and settings are valid")
 
 
 def _rates(pairs: list[str] | None, table: dict) -> dict | None:

@@ -27,6 +27,13 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 from . import symmetry
 from .errors import InputError
 
+MIN_CELL_LENGTH = 0.5
+"""Shortest cell edge accepted [Å] (shorter is not a crystal; no element is that small)."""
+MAX_CELL_LENGTH = 2000.0
+"""Longest cell edge accepted [Å] (larger than any protein crystal cell)."""
+MAX_FRACTIONAL = 1e3
+"""Largest |fractional coordinate| accepted (a finite, sane image of a site)."""
+
 
 def _as_float(value: ArrayLike) -> Array:
     value = jnp.asarray(value)
@@ -272,14 +279,18 @@ def build_crystal(
     """
     cell = cell if isinstance(cell, Cell) else Cell(*cell)
     cell_parameters = cell.parameters()
-    if not gemmi.UnitCell(*cell_parameters).volume > 0:
+    if not np.all(np.isfinite(cell_parameters)) or not gemmi.UnitCell(*cell_parameters).volume > 0:
         raise InputError("cell volume is not positive", source="cell")
+    if not all(MIN_CELL_LENGTH <= length <= MAX_CELL_LENGTH for length in cell_parameters[:3]):
+        raise InputError(f"cell lengths must lie in [{MIN_CELL_LENGTH:g}, {MAX_CELL_LENGTH:g}] Å", source="cell")
     if isinstance(operators, str):
         operators = symmetry.operators_from_name(operators)
     elif not isinstance(operators, symmetry.Operators):
         operators = symmetry.operators_from_triplets(operators)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     count = len(positions)
+    if count == 0:
+        raise InputError("no atom sites")
     if anisotropic is None:
         anisotropic = [u_aniso is not None] * count
     u_iso = np.full(count, np.nan) if u_iso is None else np.asarray(u_iso, dtype=np.float64)
@@ -289,6 +300,8 @@ def build_crystal(
     for i, label in enumerate(labels):
         if not 0.0 <= occupancy[i] <= 1.0 + 1e-9:
             raise InputError(f"site {label}: occupancy {occupancy[i]:g} outside [0, 1]")
+        if not np.all(np.abs(positions[i]) <= MAX_FRACTIONAL):
+            raise InputError(f"site {label}: fractional coordinates {positions[i].tolist()} missing or not finite")
         site = symmetry.site_symmetry(operators, positions[i], cell_parameters, tolerance)
         if site.snap > 1e-5:
             warnings.warn(f"site {label}: moved by {site.snap:.1e} (fractional) onto its "

@@ -155,6 +155,11 @@ ThicknessModel = ConstantThickness | PerFrameThickness | PlateThickness | Neural
 MODEL_KINDS = ("constant", "perframe", "plate", "neural", "neural-grid")
 
 
+def node_count(kind: str, grid_nodes: int = 24) -> int:
+    """Thickness nodes per frame that a model of ``kind`` integrates over."""
+    return {"neural": _HERMITE_NODES, "neural-grid": grid_nodes}.get(kind, 1)
+
+
 def make_thickness_model(
     kind: str,
     alpha: Float[np.ndarray, " frame"],

@@ -235,7 +235,12 @@ def adam_step(state: TrainingState, optimiser, problem: Problem, batches, settin
     grad = jax.tree_util.tree_map(lambda g: g / denominator, grad)
     loss = value / denominator
     if not (math.isfinite(loss) and _finite(grad)):
-        _reject(state, f"epoch {state.epoch}: non-finite loss or gradient; step size halved")
+        if state.best_params is not None:
+            state.params = state.best_params
+            _reject(state, f"epoch {state.epoch}: non-finite loss or gradient; rolled back to the best state "
+                           f"(epoch {state.best_epoch}), step size halved")
+        else:
+            _reject(state, f"epoch {state.epoch}: non-finite loss or gradient; step size halved")
         return math.nan
     new, opt_state = optimiser.step(grad, state.opt_state, state.params, problem.crystal)
     if not _finite(new):

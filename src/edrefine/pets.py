@@ -53,6 +53,10 @@ _PREFIXES = {
 Columns = tuple[tuple[str, tuple[str, ...]], ...]
 
 
+_LARGEST_INDEX = 2**31 - 1
+"""Largest |integer| accepted in an integer column (Miller indices, frame numbers)."""
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.array(array)
     array.flags.writeable = False
@@ -436,10 +440,11 @@ def _floats(doc: _Document, loop: _Loop, tag: str, *, required: bool = True) -> 
 
 def _ints(doc: _Document, loop: _Loop, tag: str) -> np.ndarray:
     out = _floats(doc, loop, tag)
-    bad = np.flatnonzero(out != np.round(out))
+    bad = np.flatnonzero((out != np.round(out)) | (np.abs(out) > _LARGEST_INDEX))
     if bad.size:
         value = _column(doc, loop, tag)[bad[0]]
-        raise doc.error(f"{tag}: expected an integer, got {value!r}", int(loop.row_lines[bad[0]]))
+        raise doc.error(f"{tag}: expected an integer of at most {_LARGEST_INDEX}, got {value!r}",
+                        int(loop.row_lines[bad[0]]))
     return out.astype(np.int64)
 
 

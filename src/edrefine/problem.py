@@ -15,6 +15,8 @@ re-prepare the problem between stages (:func:`prepare_dataset` again) if they gr
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -212,11 +214,60 @@ def _reflection_arrays(data: PetsData, chosen: list[np.ndarray], beam_sets, capa
     return out
 
 
+MEMORY_MATRICES_PER_TILT = 24
+"""Complex N × N arrays alive per tilt while one frame's forward and reverse pass run
+(structure matrix, eigenvectors, their cotangents, the congruence products, XLA temporaries)."""
+MEMORY_BYTES_PER_COUPLING = 72
+"""Bytes per frame and beam pair kept for the whole dataset (coupling index on host and device,
+the chunk's copies and gathered potentials). Both constants are calibrated against measured
+peak memory by ``benchmarks/memory.py`` (docs/robustness.md)."""
+
+
 def memory_estimate(problem: DatasetProblem, chunk_frames: int, thickness_nodes: int, itemsize: int = 16) -> float:
-    """Rough peak bytes of one forward+gradient chunk: per frame and tilt a few N × N matrices
-    and N × T blocks (the reverse pass keeps one frame's residuals at a time)."""
+    """Peak bytes of one forward+gradient pass over ``problem`` (an upper estimate).
+
+    Frames of a chunk run one after the other (``lax.map`` under ``jax.checkpoint``), their tilts
+    side by side, so the working set is one frame: tilts × (N × N matrices + N × nodes blocks)
+    of ``itemsize`` bytes. On top come the arrays of N × N per frame kept for the whole dataset.
+    ``chunk_frames`` 0 gives the resident part only.
+    """
     f = problem.frames
     n = int(np.shape(f.beam_mask)[1])
     t = int(np.shape(f.tilts)[1])
-    per_frame = t * (6 * n * n + 4 * n * (thickness_nodes + 1)) * itemsize
-    return float(per_frame * min(chunk_frames, f.count) + 4 * n * n * f.count)
+    per_frame = t * (MEMORY_MATRICES_PER_TILT * n * n + 4 * n * (thickness_nodes + 1)) * itemsize
+    resident = MEMORY_BYTES_PER_COUPLING * n * n * f.count
+    return float((per_frame if chunk_frames else 0) + resident)
+
+
+RUNTIME_MEMORY = 0.9e9
+"""Bytes of the process before any dataset: Python, JAX and compiling the refinement's functions."""
+
+
+def physical_memory() -> float:
+    """Bytes of physical memory of this machine (0 when the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+
+
+def check_memory(datasets: Sequence[DatasetProblem], chunk_frames: int, thickness_nodes: int,
+                 limit_gb: float | None) -> float:
+    """Estimated peak bytes of a forward+gradient pass over all datasets; InputError above the limit.
+
+    Datasets are evaluated one after the other, so the peak is the largest working set plus
+    the resident arrays of all of them. ``limit_gb`` None: 80 % of the physical memory.
+    """
+    resident = [memory_estimate(d, 0, thickness_nodes) for d in datasets]
+    working = [memory_estimate(d, chunk_frames, thickness_nodes) - r for d, r in zip(datasets, resident)]
+    peak = RUNTIME_MEMORY + sum(resident) + max(working)
+    limit = 0.8 * physical_memory() if limit_gb is None else limit_gb * 1e9
+    if limit > 0 and peak > limit:
+        worst = datasets[int(np.argmax(working))]
+        n, t = np.shape(worst.frames.beam_mask)[1], np.shape(worst.frames.tilts)[1]
+        raise InputError(
+            f"a refinement step needs about {peak / 1e9:.1f} GB (dataset {worst.name}: {n} beams, {t} tilts per "
+            f"frame), more than the limit of {limit / 1e9:.1f} GB; lower tilts or gmax, or raise memory_limit",
+            source="memory_limit")
+    return peak
+

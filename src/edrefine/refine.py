@@ -19,13 +19,15 @@ import numpy as np
 from . import checkpoint
 from .cif import Uncertainties
 from .crystal import Crystal
+from .errors import InputError
 from .loss import Problem, StructuralIndex
 from .optimise import (TrainingState, build_parameters, first_order_optimiser, polish, run_first_order, run_lbfgs,
                        training_state)
 from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
 from .pets import PetsData
-from .problem import prepare_dataset, structure_context
+from .learned_thickness import node_count
+from .problem import check_memory, prepare_dataset, structure_context
 from .refine_settings import RefinementSettings
 from .restraints import distance_restraints
 from .settings import CalculationSettings
@@ -105,6 +107,8 @@ def refine(
     begin = time.perf_counter()
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names)
+    check_memory(problem.datasets, settings.chunk_frames, node_count(settings.thickness_model, settings.grid_nodes),
+                 settings.memory_limit)
     params = build_parameters(problem, settings, calculation.absorption)
     start_metrics, start_table = _summary(params, problem, settings)
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
@@ -139,6 +143,13 @@ def refine(
         state.events.append(f"interrupted after epoch {state.epoch}: checkpoint written (--resume continues); "
                             "outputs are of the best state so far")
         state.params = state.best_params if state.best_params is not None else state.params
+    except FloatingPointError as error:
+        if state.best_params is None:
+            raise InputError(f"{error}; no finite state to fall back to: check the starting model and settings",
+                             source="refinement") from None
+        state.stopped = f"stopped after epoch {state.epoch}: {error}; outputs are of the best state (epoch " \
+                        f"{state.best_epoch})"
+        state.params = state.best_params
     if state.stopped:
         state.events.append(state.stopped)
     if folder is not None and not interrupted:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import InputError
 from .learned_thickness import MODEL_KINDS
 from .parameters import GROUPS
-from .settings import load_toml
+from .settings import check_field_types, load_toml
 
 DEFAULT_LEARNING_RATES = {
     "positions": 2e-3,
@@ -57,6 +57,8 @@ class RefinementSettings:
         nn_width, nn_depth, grid_nodes: neural thickness model size; grid nodes for neural-grid.
         checkpoint_every: epochs between checkpoints.
         report_every: epochs between full R evaluations in the history.
+        memory_limit: largest estimated peak memory of a forward+gradient pass [GB] before the
+            refinement refuses to start (None: 80 % of this machine's physical memory).
     """
 
     thickness_model: str = "neural"
@@ -82,8 +84,10 @@ class RefinementSettings:
     grid_nodes: int = 24
     checkpoint_every: int = 5
     report_every: int = 10
+    memory_limit: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.thickness_model not in MODEL_KINDS:
             raise InputError(f"must be one of {', '.join(MODEL_KINDS)}, got {self.thickness_model!r}",
                              source="thickness_model")
@@ -113,8 +117,12 @@ class RefinementSettings:
                 raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
                 raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
-        if not (self.u_min > 0) or (self.u_reset is not None and not self.u_reset > 0):
-            raise InputError("u_min and u_reset must be positive [Å²]", source="u_min")
+        if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
+            raise InputError(f"must be a positive number of GB, got {self.memory_limit!r}", source="memory_limit")
+        if not (math.isfinite(self.u_min) and self.u_min > 0):
+            raise InputError(f"must be a positive number [Å²], got {self.u_min!r}", source="u_min")
+        if self.u_reset is not None and not (math.isfinite(self.u_reset) and self.u_reset > 0):
+            raise InputError(f"must be a positive number [Å²], got {self.u_reset!r}", source="u_reset")
 
     def rate(self, group: str) -> float:
         return dict(self.learning_rates)[group]
@@ -140,15 +148,25 @@ def refinement_settings(table: dict, flags: dict, source: str = "config") -> Ref
     values.update({k: v for k, v in flags.items() if v is not None})
     rates = dict(DEFAULT_LEARNING_RATES)
     given = values.get("learning_rates", {})
-    rates.update(dict(given) if not isinstance(given, dict) else given)
+    try:
+        rates.update(dict(given) if not isinstance(given, dict) else given)
+    except (TypeError, ValueError):
+        raise InputError(f"learning_rates: must be a table of group = rate, got {given!r}", source=source) from None
     values["learning_rates"] = tuple(rates.items())
     if "refine" in values:
         refine = values["refine"]
+        if not isinstance(refine, (str, list, tuple)):
+            raise InputError(f"refine: must be a list of groups, got {refine!r}", source=source)
         values["refine"] = tuple(refine.split(",") if isinstance(refine, str) else refine)
     try:
         return RefinementSettings(**values)
     except TypeError as error:
         raise InputError(f"bad refinement settings: {error}", source=source) from None
+    except InputError as error:
+        from_table = {key.replace("-", "_") for key in table}
+        if error.source in from_table and flags.get(error.source) is None:
+            raise InputError(f"[refinement] {error.source}: {error.message}", source=source) from None
+        raise
 
 
 def read_refinement_table(path: Path | None) -> tuple[dict, list[dict]]:
@@ -158,6 +176,7 @@ def read_refinement_table(path: Path | None) -> tuple[dict, list[dict]]:
     table = load_toml(path)
     refinement = table.get("refinement", {})
     restraints = table.get("restraint", [])
-    if not isinstance(refinement, dict) or not isinstance(restraints, list):
+    if not isinstance(refinement, dict) or not isinstance(restraints, list) or not all(
+            isinstance(entry, dict) for entry in restraints):
         raise InputError("[refinement] must be a table and [[restraint]] an array of tables", source=str(path))
     return refinement, restraints

@@ -14,6 +14,7 @@ Restraints are read from the TOML configuration as ``[[restraint]]`` tables with
 from __future__ import annotations
 
 import itertools
+import math
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -36,14 +37,15 @@ def distance_restraints(crystal: Crystal, entries: list[dict], source: str = "re
     """Restraints from ``{"atoms": [a, b], "distance": d0, "sigma": s}`` entries (labels of ``crystal``)."""
     pairs, target, sigma = [], [], []
     for number, entry in enumerate(entries, start=1):
-        atoms = entry.get("atoms")
-        if not (isinstance(atoms, (list, tuple)) and len(atoms) == 2):
+        atoms = entry.get("atoms") if isinstance(entry, dict) else None
+        if not (isinstance(atoms, (list, tuple)) and len(atoms) == 2 and all(isinstance(a, str) for a in atoms)):
             raise InputError(f"restraint {number}: 'atoms' must name two sites", source=source)
         for label in atoms:
             if label not in crystal.labels:
                 raise InputError(f"restraint {number}: no site '{label}' in the structure", source=source)
         d0, s = entry.get("distance"), entry.get("sigma", 0.02)
-        if not (isinstance(d0, (int, float)) and d0 > 0 and isinstance(s, (int, float)) and s > 0):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (d0, s))
+        if not (numbers and d0 > 0 and s > 0):
             raise InputError(f"restraint {number}: need distance > 0 and sigma > 0 [Å]", source=source)
         pairs.append([crystal.labels.index(atoms[0]), crystal.labels.index(atoms[1])])
         target.append(float(d0))

@@ -22,6 +22,35 @@ from .errors import InputError
 from .scattering import PARAMETRISATIONS
 
 
+def check_field_types(settings: object) -> None:
+    """Reject values of the wrong type in a frozen settings dataclass, before any range check.
+
+    ``float`` fields take int or float (stored as float), ``int`` fields int, ``str`` fields str,
+    ``tuple[...]`` fields a list or tuple; ``X | None`` also takes None. Booleans are never
+    numbers here (TOML ``true`` is not an epoch count). The error names the field.
+    """
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        kinds = [kind.strip() for kind in str(field.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kind = kinds[0]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "float" and number:
+            object.__setattr__(settings, field.name, float(value))
+        elif kind == "int" and number and isinstance(value, int):
+            continue
+        elif kind == "str" and isinstance(value, str):
+            continue
+        elif kind.startswith("tuple") and isinstance(value, (list, tuple)):
+            object.__setattr__(settings, field.name, tuple(value))
+        elif kind not in ("float", "int", "str") and not kind.startswith("tuple"):
+            continue
+        else:
+            expected = {"float": "a number", "int": "an integer", "str": "a string"}.get(kind, "a list")
+            raise InputError(f"must be {expected}, got {value!r}", source=field.name)
+
+
 @dataclasses.dataclass(frozen=True)
 class CalculationSettings:
     """Settings of the dynamical calculation and of the reflection selection.
@@ -51,6 +80,7 @@ class CalculationSettings:
     thickness_step: float = 25.0
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         positive = ("gmax", "sgmax", "rsg", "thickness_min", "thickness_max", "thickness_step")
         for name in positive:
             value = getattr(self, name)
@@ -63,11 +93,16 @@ class CalculationSettings:
         if self.tilt_rule not in ("midpoint", "uniform", "gauss"):
             raise InputError(f"must be midpoint, uniform or gauss, got {self.tilt_rule!r}", source="tilt_rule")
         if self.form_factors.lower() not in PARAMETRISATIONS + ("itc", "c4322"):
-            raise InputError(f"unknown parametrisation {self.form_factors!r}", source="form-factors")
+            raise InputError(f"unknown parametrisation {self.form_factors!r}", source="form_factors")
         if self.absorption is not None and not (math.isfinite(self.absorption) and self.absorption >= 0):
             raise InputError(f"must be a non-negative number, got {self.absorption!r}", source="absorption")
         if self.thickness_max < self.thickness_min:
             raise InputError("thickness_max is below thickness_min", source="thickness_max")
+        for name, largest in LARGEST.items():
+            if getattr(self, name) is not None and getattr(self, name) > largest:
+                raise InputError(f"{getattr(self, name)!r} is beyond the sane limit {largest:g}", source=name)
+        if (self.thickness_max - self.thickness_min) / self.thickness_step > 100_000:
+            raise InputError("more than 100000 thickness-search points; raise thickness_step", source="thickness_step")
 
     def thickness_grid(self) -> list[float]:
         """The thickness-search grid [Å], both ends included."""
@@ -80,6 +115,9 @@ class CalculationSettings:
                     dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption)
 
 
+LARGEST = {"gmax": 10.0, "sgmax": 1.0, "tilts": 1000, "thickness_max": 1e5, "absorption": 10.0}
+"""Upper limits beyond which a setting is a typo, not a calculation (|g| ≤ 10 Å⁻¹ is
+d ≥ 0.1 Å; 1000 tilts per frame; 10 µm of crystal; κ ≤ 10)."""
 FIELDS = {f.name for f in dataclasses.fields(CalculationSettings)}
 NON_CALCULATION = ("refinement", "restraint")
 """Top-level TOML entries read elsewhere (:mod:`edrefine.refine_settings`)."""

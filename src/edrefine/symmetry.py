@@ -105,6 +105,8 @@ def inverted_operators(operators: Operators) -> Operators:
 
 def _is_group(operators: Operators) -> bool:
     rotations, translations = operators.rotations, operators.translations
+    if len(operators) == 0:
+        return False
     products = np.einsum("aij,bjk->abik", rotations, rotations)
     shifted = np.einsum("aij,bj->abi", rotations, translations) + translations[:, None]
     return bool(len(operators)) and bool(np.all(np.isin(
@@ -175,7 +177,7 @@ def site_symmetry(
     offsets = images - x0
     offsets -= np.round(offsets)
     stabiliser = tuple(np.flatnonzero(np.max(np.abs(offsets), axis=1) <= tolerance).tolist())
-    if len(operators) % len(stabiliser):
+    if not stabiliser or len(operators) % len(stabiliser):
         raise InputError(f"site at {x0.tolist()} has an inconsistent site-symmetry group")
     snapped = x0 + np.mean(offsets[list(stabiliser)], axis=0)
     orbit_rotations, orbit_translations = _orbit(operators, snapped, tolerance)
