@@ -75,6 +75,12 @@ def test_outputs_refusal_to_overwrite_ctrl_c_kill_and_resume(dataset, tmp_path):
     assert 0 < len(metrics["history"]) <= 60
     header = (whole / "reflections.csv").read_text().splitlines()[0]
     assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
+    refined = (whole / "refined.cif").read_text()
+    assert "_computing_structure_refinement" in refined and f"input_sha256 {dataset}" in refined
+    assert metrics["inputs"][str(dataset)] in refined and "Provenance" in (whole / "report.html").read_text()
+    from edrefine.cif import read_crystal
+
+    assert read_crystal(whole / "refined.cif").labels == read_crystal(EXAMPLES / "quartz.cif").labels
     again = run(*common, "--out", str(whole))
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 

@@ -291,16 +291,25 @@ def write_crystal(
     crystal: Crystal,
     uncertainties: Uncertainties | None = None,
     block_name: str = "edrefine",
+    provenance: dict[str, str] | None = None,
 ) -> None:
     """Write a crystal as a CIF, atomically (temporary file, then ``os.replace``).
 
     Writes the cell, the space-group name and symop loop, the ``_atom_site_`` loop
     (U_iso, or U_eq for anisotropic sites) and the ``_atom_site_aniso_`` loop. Values
     carry their s.u. in parentheses when ``uncertainties`` gives a positive one.
+    ``provenance`` (name → text: program version, seed, input checksums, settings) goes into
+    ``_computing_structure_refinement`` and an ``_edrefine_provenance_`` loop.
     """
     document = gemmi.cif.Document()
     block = document.add_new_block(block_name)
     su = _su_arrays(crystal, uncertainties)
+    if provenance:
+        version = provenance.get("edrefine_version", "")
+        block.set_pair("_computing_structure_refinement", gemmi.cif.quote(f"edrefine {version}".strip()))
+        loop = block.init_loop("_edrefine_provenance_", ["name", "value"])
+        for name, value in provenance.items():
+            loop.add_row([gemmi.cif.quote(str(name)), gemmi.cif.quote(str(value))])
     _write_cell(block, crystal, su["cell"])
     _write_symmetry(block, crystal)
     _write_sites(block, crystal, su)

@@ -84,6 +84,15 @@ def metrics_payload(result: RefinementResult, provenance: dict) -> dict:
     return payload
 
 
+def provenance_items(result: RefinementResult, provenance: dict) -> dict[str, str]:
+    """Flat name → text of what made a result: version, seed, input SHA-256s, every setting (JSON)."""
+    items = {"edrefine_version": str(provenance.get("edrefine_version", "")), "seed": str(provenance.get("seed", ""))}
+    for path, checksum in dict(provenance.get("inputs", {})).items():
+        items[f"input_sha256 {path}"] = str(checksum)
+    items["settings"] = json.dumps(result.settings, sort_keys=True, default=_json_default)
+    return items
+
+
 def write_outputs(folder: Path, result: RefinementResult, datasets, provenance: dict,
                   truth: dict | None = None, truth_thickness: dict | None = None) -> list[Path]:
     """Write every output file into ``folder`` (which must exist); returns the paths written."""
@@ -91,11 +100,11 @@ def write_outputs(folder: Path, result: RefinementResult, datasets, provenance: 
 
     folder = Path(folder)
     written = [folder / "refined.cif", folder / "reflections.csv", folder / "frames.csv", folder / "metrics.json"]
-    write_crystal(written[0], result.crystal, result.uncertainties)
+    write_crystal(written[0], result.crystal, result.uncertainties, provenance=provenance_items(result, provenance))
     _write_text(written[1], reflections_csv(result, datasets))
     _write_text(written[2], frames_csv(result))
     _write_text(written[3], json.dumps(metrics_payload(result, provenance), indent=1, default=_json_default))
     figures = report.write_figures(folder, result, truth_thickness=truth_thickness)
     written += [folder / name for name in figures]
-    written.append(report.write_html(folder, result, figures, truth))
+    written.append(report.write_html(folder, result, figures, truth, provenance_items(result, provenance)))
     return written

@@ -440,11 +440,14 @@ def _floats(doc: _Document, loop: _Loop, tag: str, *, required: bool = True) -> 
 
 def _ints(doc: _Document, loop: _Loop, tag: str) -> np.ndarray:
     out = _floats(doc, loop, tag)
-    bad = np.flatnonzero((out != np.round(out)) | (np.abs(out) > _LARGEST_INDEX))
+    bad = np.flatnonzero(out != np.round(out))
     if bad.size:
         value = _column(doc, loop, tag)[bad[0]]
-        raise doc.error(f"{tag}: expected an integer of at most {_LARGEST_INDEX}, got {value!r}",
-                        int(loop.row_lines[bad[0]]))
+        raise doc.error(f"{tag}: expected an integer, got {value!r}", int(loop.row_lines[bad[0]]))
+    bad = np.flatnonzero(np.abs(out) > _LARGEST_INDEX)
+    if bad.size:
+        value = _column(doc, loop, tag)[bad[0]]
+        raise doc.error(f"{tag}: integer {value!r} is out of range", int(loop.row_lines[bad[0]]))
     return out.astype(np.int64)
 
 

@@ -239,12 +239,13 @@ def _sites(result: RefinementResult) -> str:
 
 
 def write_html(folder: pathlib.Path, result: RefinementResult, figures: list[str],
-               truth: dict | None = None) -> pathlib.Path:
+               truth: dict | None = None, provenance: dict[str, str] | None = None) -> pathlib.Path:
     """Write ``folder/report.html`` (atomically) and return its path.
 
     The page holds the figures of merit (start and refined, R as %), wall time, settings, the refined
     sites (fractional coordinates, U [Å²] with s.u.s, shift [Å]), the events and every figure, linked by
     its relative name. ``truth``: optional extra summary rows, e.g. ``{"coordinate RMSD before [Å]": 0.15}``.
+    ``provenance``: name → text rows (version, seed, input checksums) shown under "Provenance".
     """
     folder = pathlib.Path(folder)
     events = "".join(f"<li>{html.escape(str(e))}</li>\n" for e in result.events)
@@ -255,7 +256,10 @@ def write_html(folder: pathlib.Path, result: RefinementResult, figures: list[str
             f"<h1>edrefine refinement report</h1>\n<h2>Summary</h2>\n{_summary(result, truth)}"
             f"<h2>Refined sites</h2>\n{_sites(result)}"
             f"<h2>Events</h2>\n" + (f"<ul>\n{events}</ul>\n" if events else "<p>none</p>\n")
-            + f"<h2>Figures</h2>\n{images}</body>\n</html>\n")
+            + f"<h2>Figures</h2>\n{images}"
+            + (f"<h2>Provenance</h2>\n{_table(['', 'value'], [[k, v] for k, v in provenance.items() if k != 'settings'])}"
+               if provenance else "")
+            + "</body>\n</html>\n")
     path, tmp = folder / "report.html", folder / "report.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
