@@ -53,8 +53,8 @@ def child(case: str, gmax: float, tilts: int) -> dict:
     _, grad = batch_gradient(params, problem, [rows], settings.chunk_frames)
     jax.block_until_ready(grad)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    estimate = check_memory(problem.datasets, settings.chunk_frames,
-                            node_count(settings.thickness_model, settings.grid_nodes), limit_gb=1e6)
+    estimate = check_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes),
+                            limit_gb=1e6)
     frames = problem.datasets[0].frames
     return {"case": case, "gmax": gmax, "tilts": tilts, "capacity": int(np.shape(frames.beam_mask)[1]),
             "frames": int(frames.count), "measured_gb": peak / 1e9, "estimate_gb": estimate / 1e9}

@@ -151,7 +151,7 @@ def _print_check(crystal, datasets, calculation, settings, restraints, names) ->
     from .learned_thickness import node_count
     from .loss import StructuralIndex
     from .parameters import reset_u
-    from .problem import check_memory, physical_memory
+    from .problem import check_memory, memory_limit
     from .refine import build_problem
 
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
@@ -166,11 +166,11 @@ def _print_check(crystal, datasets, calculation, settings, restraints, names) ->
                       f"{beams.max()} / {beams.mean():.0f}", str(np.shape(f.beam_mask)[1]), str(np.shape(f.tilts)[1]))
     console.print(table)
     nodes = node_count(settings.thickness_model, settings.grid_nodes)
-    peak = check_memory(problem.datasets, settings.chunk_frames, nodes, settings.memory_limit)
+    peak = check_memory(problem.datasets, nodes, settings.memory_limit)
     groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
     console.print(f"refined structural parameters: {StructuralIndex.of(problem.crystal, groups).size}; "
                   f"estimated peak memory {peak / 1e9:.2f} GB of "
-                  f"{(settings.memory_limit or 0.8 * physical_memory() / 1e9):.1f} GB allowed")
+                  f"{memory_limit(settings.memory_limit) / 1e9:.1f} GB allowed")
     console.print("inputs and settings are valid")
 
 

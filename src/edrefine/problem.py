@@ -223,20 +223,21 @@ the chunk's copies and gathered potentials). Both constants are calibrated again
 peak memory by ``benchmarks/memory.py`` (docs/robustness.md)."""
 
 
-def memory_estimate(problem: DatasetProblem, chunk_frames: int, thickness_nodes: int, itemsize: int = 16) -> float:
-    """Peak bytes of one forward+gradient pass over ``problem`` (an upper estimate).
+def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 16) -> float:
+    """Bytes of one frame's working set in a forward+gradient pass (an upper estimate).
 
-    Frames of a chunk run one after the other (``lax.map`` under ``jax.checkpoint``), their tilts
-    side by side, so the working set is one frame: tilts × (N × N matrices + N × nodes blocks)
-    of ``itemsize`` bytes. On top come the arrays of N × N per frame kept for the whole dataset.
-    ``chunk_frames`` 0 gives the resident part only.
+    Frames run one after the other (``lax.map`` under ``jax.checkpoint``), their tilts side by
+    side: tilts × (N × N matrices + N × nodes blocks) of ``itemsize`` bytes.
     """
-    f = problem.frames
-    n = int(np.shape(f.beam_mask)[1])
-    t = int(np.shape(f.tilts)[1])
-    per_frame = t * (MEMORY_MATRICES_PER_TILT * n * n + 4 * n * (thickness_nodes + 1)) * itemsize
-    resident = MEMORY_BYTES_PER_COUPLING * n * n * f.count
-    return float((per_frame if chunk_frames else 0) + resident)
+    n = int(np.shape(problem.frames.beam_mask)[1])
+    t = int(np.shape(problem.frames.tilts)[1])
+    return float(t * (MEMORY_MATRICES_PER_TILT * n * n + 4 * n * (thickness_nodes + 1)) * itemsize)
+
+
+def resident_memory(problem: DatasetProblem) -> float:
+    """Bytes of the N × N arrays per frame kept for the whole dataset during a pass."""
+    n = int(np.shape(problem.frames.beam_mask)[1])
+    return float(MEMORY_BYTES_PER_COUPLING * n * n * problem.frames.count)
 
 
 RUNTIME_MEMORY = 0.9e9
@@ -251,17 +252,20 @@ def physical_memory() -> float:
         return 0.0
 
 
-def check_memory(datasets: Sequence[DatasetProblem], chunk_frames: int, thickness_nodes: int,
-                 limit_gb: float | None) -> float:
+def memory_limit(limit_gb: float | None) -> float:
+    """The memory limit in bytes: ``limit_gb`` GB, or 80 % of the physical memory for None."""
+    return 0.8 * physical_memory() if limit_gb is None else limit_gb * 1e9
+
+
+def check_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit_gb: float | None) -> float:
     """Estimated peak bytes of a forward+gradient pass over all datasets; InputError above the limit.
 
-    Datasets are evaluated one after the other, so the peak is the largest working set plus
-    the resident arrays of all of them. ``limit_gb`` None: 80 % of the physical memory.
+    Datasets are evaluated one after the other, so the peak is the runtime, the resident arrays
+    of all of them and the largest frame working set.
     """
-    resident = [memory_estimate(d, 0, thickness_nodes) for d in datasets]
-    working = [memory_estimate(d, chunk_frames, thickness_nodes) - r for d, r in zip(datasets, resident)]
-    peak = RUNTIME_MEMORY + sum(resident) + max(working)
-    limit = 0.8 * physical_memory() if limit_gb is None else limit_gb * 1e9
+    working = [frame_memory(d, thickness_nodes) for d in datasets]
+    peak = RUNTIME_MEMORY + sum(resident_memory(d) for d in datasets) + max(working)
+    limit = memory_limit(limit_gb)
     if limit > 0 and peak > limit:
         worst = datasets[int(np.argmax(working))]
         n, t = np.shape(worst.frames.beam_mask)[1], np.shape(worst.frames.tilts)[1]
@@ -270,4 +274,3 @@ def check_memory(datasets: Sequence[DatasetProblem], chunk_frames: int, thicknes
             f"frame), more than the limit of {limit / 1e9:.1f} GB; lower tilts or gmax, or raise memory_limit",
             source="memory_limit")
     return peak
-

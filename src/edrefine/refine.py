@@ -107,8 +107,7 @@ def refine(
     begin = time.perf_counter()
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names)
-    check_memory(problem.datasets, settings.chunk_frames, node_count(settings.thickness_model, settings.grid_nodes),
-                 settings.memory_limit)
+    check_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes), settings.memory_limit)
     params = build_parameters(problem, settings, calculation.absorption)
     start_metrics, start_table = _summary(params, problem, settings)
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
