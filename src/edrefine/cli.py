@@ -101,6 +101,7 @@ SGMAX = typer.Option("--sgmax", help="Largest |S_g| of a beam over a frame's til
 TILTS = typer.Option("--tilts", help="Tilt samples across a frame's ±half-width (default 42).")
 RSG = typer.Option("--rsg", help="Keep reflections with |S_g|/ΔS_g < RSg (default 0.9).")
 DSG = typer.Option("--dsg", help="... and ΔS_g − |S_g| > DSg [Å⁻¹] (default 0.0015).")
+STRONG = typer.Option("--strong-beams", help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams).")
 CONFIG = typer.Option("--config", help="TOML file with calculation settings (flags override it).")
 
 
@@ -119,6 +120,7 @@ def score(
     dsg: Annotated[Optional[float], DSG] = None,
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
     absorption: Annotated[Optional[float], typer.Option(help="κ of U' = κU (default: elastic).")] = None,
+    strong_beams: Annotated[Optional[int], STRONG] = None,
     config: Annotated[Optional[Path], CONFIG] = None,
     geometry: Annotated[
         str, typer.Option(help="rotation (continuous rotation), precession, or file (as the file's details say).")
@@ -138,7 +140,7 @@ def score(
     from .settings import resolve_settings
 
     settings = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, rsg=rsg, dsg=dsg,
-                                form_factors=form_factors, absorption=absorption)
+                                form_factors=form_factors, absorption=absorption, strong_beams=strong_beams)
     if not thickness_search and thickness is None:
         raise InputError("give --thickness T for one thickness, or --thickness-search", source="thickness")
     if thickness is not None and not thickness > 0:

@@ -80,6 +80,7 @@ def refine(
     sgmax: Annotated[Optional[float], SGMAX] = None,
     tilts: Annotated[Optional[int], TILTS] = None,
     tilt_rule: Annotated[Optional[str], typer.Option(help="midpoint, uniform or gauss.")] = None,
+    strong_beams: Annotated[Optional[int], typer.Option(help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams).")] = None,
     rsg: Annotated[Optional[float], RSG] = None,
     dsg: Annotated[Optional[float], DSG] = None,
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
@@ -102,10 +103,13 @@ def refine(
     u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
     drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
     memory_limit: Annotated[Optional[float], typer.Option(help="Refuse to start above this estimated peak memory [GB] (default: 80 % of RAM).")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Split frames over this many devices (on a CPU: host devices, one per core is a good start; default 1).")] = None,
+    tilt_chunk: Annotated[Optional[int], typer.Option(help="Tilts of a frame solved side by side (default: as many as fit the memory limit).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate inputs and settings, prepare the problem, print its size and memory estimate, and stop.")] = False,
 ) -> None:
     """Refine a structure against 3D-ED data: structure, orientations and a learned thickness model."""
     from .checkpoint import file_checksum
+    from .objective import request_host_devices
     from .cif import read_crystal
     from .pets import read_pets
     from .refine_settings import read_refinement_table, refinement_settings
@@ -113,6 +117,7 @@ def refine(
     from .settings import resolve_settings
 
     calculation = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
+                                   strong_beams=strong_beams,
                                    form_factors=form_factors, absorption=absorption)
     table, restraints = read_refinement_table(config)
     flags = dict(thickness_model=thickness_model, thickness_min=thickness_min, thickness_max=thickness_max,
@@ -120,10 +125,11 @@ def refine(
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
                  polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
-                 memory_limit=memory_limit, learning_rates=_rates(learning_rate, table))
+                 memory_limit=memory_limit, tilt_chunk=tilt_chunk, devices=devices, learning_rates=_rates(learning_rate, table))
     settings = refinement_settings(table, flags, str(config) if config else "settings")
     if absorption is not None and "absorption" not in settings.refine:
         settings = refinement_settings(table, {**flags, "refine": settings.refine + ("absorption",)})
+    request_host_devices(settings.devices)
     crystal = read_crystal(structure)
     if restraints:
         distance_restraints(crystal, restraints, source=str(config))
@@ -151,22 +157,24 @@ def _print_check(crystal, datasets, calculation, settings, restraints, names) ->
     from .learned_thickness import node_count
     from .loss import StructuralIndex
     from .parameters import reset_u
-    from .problem import check_memory, memory_limit
+    from .problem import bound_memory, memory_limit
     from .refine import build_problem
 
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names if len(set(names)) == len(names) else None)
+    nodes = node_count(settings.thickness_model, settings.grid_nodes)
+    datasets, peak = bound_memory(problem.datasets, nodes, settings.memory_limit, settings.tilt_chunk)
     table = Table(title="Refinement check (nothing refined)")
-    for column in ("dataset", "frames", "reflections", "beams max/mean", "capacity", "tilts"):
+    for column in ("dataset", "frames", "reflections", "beams max/mean", "capacity", "tilts", "side by side"):
         table.add_column(column, justify="right")
-    for dataset in problem.datasets:
+    for dataset in datasets:
         f = dataset.frames
         beams = np.asarray(f.beam_mask).sum(axis=1)
+        tilts = np.shape(f.tilts)[1]
         table.add_row(dataset.name, str(f.count), str(int(np.asarray(f.refl_mask).sum())),
-                      f"{beams.max()} / {beams.mean():.0f}", str(np.shape(f.beam_mask)[1]), str(np.shape(f.tilts)[1]))
+                      f"{beams.max()} / {beams.mean():.0f}", str(np.shape(f.beam_mask)[1]), str(tilts),
+                      str(dataset.constants.tilt_chunk or tilts))
     console.print(table)
-    nodes = node_count(settings.thickness_model, settings.grid_nodes)
-    peak = check_memory(problem.datasets, nodes, settings.memory_limit)
     groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
     console.print(f"refined structural parameters: {StructuralIndex.of(problem.crystal, groups).size}; "
                   f"estimated peak memory {peak / 1e9:.2f} GB of "

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Complex, Float, Int
 
 from . import bloch
+from .bethe import reduced_propagate
 from .crystal import Crystal
 from .electron import crystal_wavenumber
 from .scattering import ScatteringFactors
@@ -77,6 +78,7 @@ def orientation_amplitudes(
     thickness: Float[Array, " thickness"],
     surface_normal: Float[Array, "3"] | None = None,
     absorption: Float[Array, ""] | None = None,
+    strong_beams: int = 0,
 ) -> Complex[Array, "thickness beam"]:
     """Bloch-wave amplitudes ψ_g(t) of every beam at every thickness for one orientation.
 
@@ -90,6 +92,8 @@ def orientation_amplitudes(
         thickness: crystal thicknesses along the surface normal [Å].
         surface_normal: unit normal; default along the beam.
         absorption: κ of the proportional absorptive potential U′ = κU (None: elastic only).
+        strong_beams: 0 (or ≥ the beam count) for the full matrix, else the number of beams of
+            smallest |S_g| solved exactly, the others by Bethe perturbation (:mod:`edrefine.bethe`).
 
     Returns:
         ψ [thickness, beam], with |ψ|² the current-normalised intensity (zero on padding).
@@ -102,7 +106,8 @@ def orientation_amplitudes(
     coupling = u_table[coupling_index]
     matrix = bloch.structure_matrix(excitation, coupling, k_crystal, g_normal, k_normal, beam_mask)
     phase = bloch.thickness_phase(thickness, k_normal)
-    if absorption is None:
-        return bloch.propagate(matrix, phase)
-    absorptive = bloch.absorptive_matrix(absorption * coupling, absorption * mean_potential, g_normal, k_normal, beam_mask)
+    absorptive = None if absorption is None else bloch.absorptive_matrix(
+        absorption * coupling, absorption * mean_potential, g_normal, k_normal, beam_mask)
+    if 0 < strong_beams < beam_hkl.shape[0]:
+        return reduced_propagate(matrix, phase, excitation, beam_mask, strong_beams, absorptive)
     return bloch.propagate(matrix, phase, absorption=absorptive)

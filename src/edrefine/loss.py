@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .crystal import Crystal, SiteParameters
 from .objective import evaluate_frames, weighted_total
@@ -25,13 +26,23 @@ from .restraints import DistanceRestraints, restraint_residuals
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A refinement problem: one crystal, its context, one or more datasets, restraints."""
+    """A refinement problem: one crystal, its context, one or more datasets, restraints.
+
+    ``mesh``: devices over which each chunk's frames are split in the first-order stage and the
+    forward evaluations (:func:`edrefine.objective.frame_mesh`; None: one device).
+    """
 
     crystal: Crystal
     context: StructureContext
     datasets: tuple[DatasetProblem, ...]
     restraints: DistanceRestraints | None = None
     remat: bool = True
+    mesh: Mesh | None = None
+
+    def chunk_size(self, chunk: int) -> int:
+        """``chunk`` frames rounded up to a multiple of the mesh's devices."""
+        devices = 1 if self.mesh is None else self.mesh.size
+        return -(-chunk // devices) * devices
 
     @property
     def denominator(self) -> float:

@@ -150,6 +150,7 @@ def integrate_frames(
     thickness: Float[np.ndarray, "frame thickness"] | Float[np.ndarray, " thickness"],
     absorption: float | None = None,
     progress: Callable[[int], None] | None = None,
+    strong_beams: int = 0,
 ) -> Float[np.ndarray, "frame thickness beam"]:
     """Integrated intensities of every frame at its thickness nodes (host loop over frames).
 
@@ -166,13 +167,15 @@ def integrate_frames(
         thickness: nodes [Å], shared [T] or per frame [frame, T].
         absorption: κ of the proportional absorptive potential, or None.
         progress: called with the number of frames done after each frame.
+        strong_beams: beams solved exactly, the rest by Bethe perturbation (0: full matrix).
 
     Returns:
         numpy [frame, thickness, beam]; zero on padded beams.
     """
     stacks = np.stack([np.asarray(rotation_orientations(jnp.asarray(m), jnp.asarray(axis), jnp.asarray(t)))
                        for m, t in zip(orientations, tilts)])
-    return integrate_orientations(u_table, beam_sets, stacks, weights, wavelength, thickness, absorption, progress)
+    return integrate_orientations(u_table, beam_sets, stacks, weights, wavelength, thickness, absorption, progress,
+                                  strong_beams)
 
 
 def thickness_average(
@@ -329,24 +332,51 @@ def orientation_intensities(
     wavelength: Float[Array, ""],
     thickness: Float[Array, " thickness"],
     absorption: Float[Array, ""] | None = None,
+    chunk: int = 0,
+    strong_beams: int = 0,
 ) -> Float[Array, "thickness beam"]:
     """Σ_k w_k |ψ_g(t; M_k)|² of one frame over a stack of orientations, every thickness [Å].
 
     The general form of :func:`frame_intensities` (which is the stack
-    :func:`rotation_orientations`); ``vmap``-ed over k; differentiable in every float input.
+    :func:`rotation_orientations`); differentiable in every float input.
+
+    Args:
+        chunk: orientations solved side by side (``vmap``); 0 (or ≥ k) solves all k at once.
+            Otherwise the stack is padded with zero-weight copies to a multiple of ``chunk`` and
+            scanned chunk by chunk under ``jax.checkpoint``, so a forward+gradient pass keeps one
+            chunk's eigenvectors alive instead of k: memory ∝ chunk, same result.
+        strong_beams: beams solved exactly per orientation, the rest by Bethe perturbation
+            (:mod:`edrefine.bethe`); 0 for the full matrix.
     """
     direction = jnp.asarray(LAB_BEAM, dtype=orientations.dtype)
 
     def one(m):
         psi = orientation_amplitudes(
-            u_table, coupling_index, beam_hkl, beam_mask, m, direction, wavelength, thickness, absorption=absorption
+            u_table, coupling_index, beam_hkl, beam_mask, m, direction, wavelength, thickness, absorption=absorption,
+            strong_beams=strong_beams,
         )
         return jnp.where(beam_mask, jnp.real(psi) ** 2 + jnp.imag(psi) ** 2, 0.0)
 
-    return jnp.einsum("k,ktb->tb", weights, jax.vmap(one)(orientations))
+    def weighted(stack, w):
+        return jnp.einsum("k,ktb->tb", w, jax.vmap(one)(stack))
+
+    count = orientations.shape[0]
+    if chunk <= 0 or chunk >= count:
+        return weighted(orientations, weights)
+    pad = -count % chunk
+    stack = jnp.concatenate([orientations, jnp.broadcast_to(orientations[:1], (pad, 3, 3))])
+    w = jnp.concatenate([weights, jnp.zeros(pad, weights.dtype)])
+
+    @jax.checkpoint
+    def body(total, xs):
+        return total + weighted(*xs), None
+
+    start = jnp.zeros((thickness.shape[0], beam_hkl.shape[0]), dtype=orientations.dtype)
+    total, _ = jax.lax.scan(body, start, (stack.reshape(-1, chunk, 3, 3), w.reshape(-1, chunk)))
+    return total
 
 
-_orientation_intensities_jit = jax.jit(orientation_intensities)
+_orientation_intensities_jit = jax.jit(orientation_intensities, static_argnames=("chunk", "strong_beams"))
 
 
 def integrate_orientations(
@@ -358,10 +388,12 @@ def integrate_orientations(
     thickness: Float[np.ndarray, "frame thickness"] | Float[np.ndarray, " thickness"],
     absorption: float | None = None,
     progress: Callable[[int], None] | None = None,
+    strong_beams: int = 0,
 ) -> Float[np.ndarray, "frame thickness beam"]:
     """:func:`integrate_frames` for per-frame orientation stacks (precession, mosaic spread).
 
     Frames must share k (pad with zero weights); one compiled kernel serves every frame.
+    ``strong_beams``: as in :func:`orientation_intensities`.
     """
     n = len(orientations)
     thickness = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n, np.shape(thickness)[-1]))
@@ -371,7 +403,7 @@ def integrate_orientations(
         out.append(np.asarray(_orientation_intensities_jit(
             u_table, jnp.asarray(beam_sets.coupling_index[f]), jnp.asarray(beam_sets.hkl[f]),
             jnp.asarray(beam_sets.mask[f]), jnp.asarray(orientations[f]), jnp.asarray(weights[f]),
-            jnp.asarray(wavelength), jnp.asarray(thickness[f]), kappa,
+            jnp.asarray(wavelength), jnp.asarray(thickness[f]), kappa, strong_beams=strong_beams,
         )))
         if progress is not None:
             progress(f + 1)

@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 from jaxtyping import Array, Float
 
 from .crystal import Crystal
@@ -50,12 +51,15 @@ def safe_sqrt(x: Array) -> Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
-def frame_intensities(u_table, frame: FrameArrays, delta, nodes, node_weights, axis, wavelength, kappa):
-    """Thickness- and tilt-averaged intensity of every beam of one frame, ``[beam]``."""
+def frame_intensities(u_table, frame: FrameArrays, delta, nodes, node_weights, axis, wavelength, kappa, chunk=0,
+                      strong_beams=0):
+    """Thickness- and tilt-averaged intensity of every beam of one frame, ``[beam]``; ``chunk``: tilts
+    solved side by side, ``strong_beams``: Bethe reduction
+    (:func:`edrefine.measurement.orientation_intensities`)."""
     m = corrected_orientation(frame.orientation, axis, delta)
     stack = rotation_orientations(m, axis, frame.tilts)
     per_node = orientation_intensities(u_table, frame.coupling_index, frame.beam_hkl, frame.beam_mask, stack,
-                                       frame.tilt_weights, wavelength, nodes, kappa)
+                                       frame.tilt_weights, wavelength, nodes, kappa, chunk, strong_beams)
     return node_weights @ per_node
 
 
@@ -106,7 +110,8 @@ def evaluate_frames(
 
     def one(args):
         frame, delta, t, w = args
-        intensity = frame_intensities(u_table, frame, delta, t, w, axis, constants.wavelength, kappa)
+        intensity = frame_intensities(u_table, frame, delta, t, w, axis, constants.wavelength, kappa,
+                                      constants.tilt_chunk, constants.strong_beams)
         return scaled_fit(intensity, frame)
 
     body = jax.checkpoint(one) if remat else one
@@ -127,17 +132,72 @@ def chunk_chi2(params: RefinementParameters, d: int, frames: FrameArrays, crysta
     return jnp.sum(evaluation.chi2)
 
 
-@eqx.filter_jit
-def chunk_value_and_grad(params, d, frames, crystal, context, constants, remat=True):
-    """(Σ χ², ∂/∂params) of one chunk; ``d`` static (jit cache key)."""
-    return eqx.filter_value_and_grad(chunk_chi2)(params, d, frames, crystal, context, constants, remat)
+def sharded_chunk_chi2(params, d, frames, crystal, context, constants, remat, mesh: Mesh | None):
+    """:func:`chunk_chi2` with the chunk's frames split over the devices of ``mesh`` (axis "frames").
+
+    Every device maps over its own frames (``shard_map``) and the partial sums are added with
+    ``psum``; the parameters are replicated. Frames are independent until this sum, so the
+    result equals the unsharded one up to the order of the additions. ``mesh`` None: one device.
+    """
+    if mesh is None or mesh.size == 1:
+        return chunk_chi2(params, d, frames, crystal, context, constants, remat)
+    arrays, static = eqx.partition(params, eqx.is_array)
+
+    def local(arrays, frames):
+        value = chunk_chi2(eqx.combine(arrays, static), d, frames, crystal, context, constants, remat)
+        return jax.lax.psum(value, FRAME_AXIS)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(FRAME_AXIS)), out_specs=P())(arrays, frames)
 
 
 @eqx.filter_jit
-def chunk_evaluation(params, d, frames, crystal, context, constants):
-    """:func:`evaluate_frames` of one chunk, forward only (jitted)."""
-    return evaluate_frames(params.sites, params.absorption, params.datasets[d], frames, crystal, context, constants,
-                           remat=False)
+def chunk_value_and_grad(params, d, frames, crystal, context, constants, remat=True, mesh=None):
+    """(Σ χ², ∂/∂params) of one chunk; ``d``, ``remat`` and ``mesh`` static (jit cache keys)."""
+    return eqx.filter_value_and_grad(sharded_chunk_chi2)(params, d, frames, crystal, context, constants, remat, mesh)
+
+
+@eqx.filter_jit
+def chunk_evaluation(params, d, frames, crystal, context, constants, mesh=None):
+    """:func:`evaluate_frames` of one chunk, forward only (jitted); frames split over ``mesh``."""
+    if mesh is None or mesh.size == 1:
+        return evaluate_frames(params.sites, params.absorption, params.datasets[d], frames, crystal, context,
+                               constants, remat=False)
+    arrays, static = eqx.partition(params, eqx.is_array)
+
+    def local(arrays, frames):
+        p = eqx.combine(arrays, static)
+        return evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(FRAME_AXIS)), out_specs=P(FRAME_AXIS))(arrays, frames)
+
+
+FRAME_AXIS = "frames"
+"""Name of the device-mesh axis over which frames are split."""
+
+
+def request_host_devices(devices: int) -> None:
+    """Ask for ``devices`` CPU devices, which JAX honours only before its backend starts (a
+    command line entry point calls this first); later, :func:`frame_mesh` reports the shortfall."""
+    if devices > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:
+            pass
+
+
+def frame_mesh(devices: int) -> Mesh | None:
+    """A one-axis mesh of the first ``devices`` JAX devices (None for one device); InputError if
+    fewer are available (on a CPU host, start with ``edrefine --devices N`` or set
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts)."""
+    available = jax.devices()
+    if devices <= 1:
+        return None
+    if devices > len(available):
+        from .errors import InputError
+
+        raise InputError(f"{devices} devices asked for, {len(available)} available ({available[0].platform}); on a "
+                         "CPU give the count before JAX starts (edrefine --devices N)", source="devices")
+    return Mesh(np.array(available[:devices]), (FRAME_AXIS,))
 
 
 def grid_chi2(sites, kappa, orientation, frames: FrameArrays, grid, crystal, context, constants):
@@ -151,7 +211,8 @@ def grid_chi2(sites, kappa, orientation, frames: FrameArrays, grid, crystal, con
         m = corrected_orientation(frame.orientation, axis, delta)
         stack = rotation_orientations(m, axis, frame.tilts)
         per_node = orientation_intensities(u_table, frame.coupling_index, frame.beam_hkl, frame.beam_mask, stack,
-                                           frame.tilt_weights, constants.wavelength, grid, kappa)
+                                           frame.tilt_weights, constants.wavelength, grid, kappa,
+                                           constants.tilt_chunk, constants.strong_beams)
         return jax.vmap(lambda e: scaled_fit(e @ per_node, frame)[0])(eye)
 
     return jax.lax.map(one, (frames, orientation[frames.index]))

@@ -173,12 +173,12 @@ def batch_gradient(params: RefinementParameters, problem: Problem, batches: list
     arrays, static = eqx.partition(params, eqx.is_inexact_array)
     total, grad = 0.0, jax.tree_util.tree_map(jnp.zeros_like, arrays)
     for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
-        for _, frames in dataset.frames.chunks(rows, chunk):
+        for _, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
             value, g = chunk_value_and_grad(params, d, frames, problem.crystal, problem.context, dataset.constants,
-                                            problem.remat)
-            total += float(value)
+                                            problem.remat, problem.mesh)
+            total = total + value
             grad = jax.tree_util.tree_map(jnp.add, grad, eqx.filter(g, eqx.is_inexact_array))
-    return total, grad
+    return float(total), grad
 
 
 def batch_denominator(problem: Problem, batches: list[np.ndarray]) -> float:
@@ -193,8 +193,8 @@ def evaluate_loss(params: RefinementParameters, problem: Problem, batches: list[
     """Σ χ² / Σ w|Fo|² over frame rows ``batches`` (forward only)."""
     total = 0.0
     for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
-        for part, frames in dataset.frames.chunks(rows, chunk):
-            e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants)
+        for part, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
+            e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants, problem.mesh)
             total += float(np.sum(np.asarray(e.chi2)[: len(part)]))
     denominator = batch_denominator(problem, batches)
     return total / denominator if denominator > 0 else float("nan")

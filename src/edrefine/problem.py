@@ -111,12 +111,18 @@ class DatasetConstants(eqx.Module):
         coupling_hkl: distinct g_i − g_j of all beam sets, the origin first, ``[coupling 3]``.
         axis: goniometer axis (lab unit vector), ``[3]``.
         wavelength: λ [Å]; gamma: relativistic γ (static).
+        tilt_chunk: tilts of a frame solved side by side (static; 0: all of them), chosen by
+            :func:`bound_memory` so that one pass fits the memory limit.
+        strong_beams: beams solved exactly per orientation, the rest by Bethe perturbation
+            (static; 0: the full matrix).
     """
 
     coupling_hkl: Int[Array, "coupling 3"]
     axis: Float[Array, "3"]
     wavelength: float = eqx.field(static=True)
     gamma: float = eqx.field(static=True)
+    tilt_chunk: int = eqx.field(static=True, default=0)
+    strong_beams: int = eqx.field(static=True, default=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +196,8 @@ def prepare_dataset(
         index=index, alpha=np.asarray(data.frames.alpha, dtype=np.float64)[index], orientation=orientations,
         tilts=tilts, tilt_weights=tilt_weights, beam_hkl=beam_sets.hkl, beam_mask=beam_sets.mask,
         coupling_index=beam_sets.coupling_index, frame_mask=np.ones(len(index), dtype=bool), **arrays)
-    constants = DatasetConstants(beam_sets.coupling_hkl, axis, float(data.wavelength), float(gamma))
+    constants = DatasetConstants(beam_sets.coupling_hkl, axis, float(data.wavelength), float(gamma),
+                                 strong_beams=settings.strong_beams)
     return DatasetProblem(frames_arrays, constants, data, name)
 
 
@@ -217,21 +224,33 @@ def _reflection_arrays(data: PetsData, chosen: list[np.ndarray], beam_sets, capa
 MEMORY_MATRICES_PER_TILT = 24
 """Complex N × N arrays alive per tilt while one frame's forward and reverse pass run
 (structure matrix, eigenvectors, their cotangents, the congruence products, XLA temporaries)."""
+MEMORY_FULL_MATRICES_BETHE = 6
+"""Complex N × N arrays per tilt with a Bethe reduction (structure matrix, masked copy, gathers,
+their cotangents); an estimate, not yet calibrated by ``benchmarks/memory.py``."""
 MEMORY_BYTES_PER_COUPLING = 72
 """Bytes per frame and beam pair kept for the whole dataset (coupling index on host and device,
 the chunk's copies and gathered potentials). Both constants are calibrated against measured
 peak memory by ``benchmarks/memory.py`` (docs/robustness.md)."""
 
 
-def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 16) -> float:
+def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 16, tilt_chunk: int | None = None) -> float:
     """Bytes of one frame's working set in a forward+gradient pass (an upper estimate).
 
-    Frames run one after the other (``lax.map`` under ``jax.checkpoint``), their tilts side by
-    side: tilts × (N × N matrices + N × nodes blocks) of ``itemsize`` bytes.
+    Frames run one after the other (``lax.map`` under ``jax.checkpoint``), ``tilt_chunk`` of
+    their tilts side by side (default: the dataset's ``constants.tilt_chunk``; 0 means all):
+    chunk × (N × N matrices + N × nodes blocks) of ``itemsize`` bytes. With a Bethe reduction to
+    N_s strong beams the eigenproblem's matrices are N_s × N_s and the full structure matrix and
+    its gathers add :data:`MEMORY_FULL_MATRICES_BETHE` N × N arrays.
     """
     n = int(np.shape(problem.frames.beam_mask)[1])
     t = int(np.shape(problem.frames.tilts)[1])
-    return float(t * (MEMORY_MATRICES_PER_TILT * n * n + 4 * n * (thickness_nodes + 1)) * itemsize)
+    chunk = problem.constants.tilt_chunk if tilt_chunk is None else tilt_chunk
+    t = min(t, chunk) if chunk > 0 else t
+    strong = problem.constants.strong_beams
+    matrices = MEMORY_MATRICES_PER_TILT * n * n
+    if 0 < strong < n:
+        matrices = MEMORY_MATRICES_PER_TILT * strong * strong + MEMORY_FULL_MATRICES_BETHE * n * n
+    return float(t * (matrices + 4 * n * (thickness_nodes + 1)) * itemsize)
 
 
 def resident_memory(problem: DatasetProblem) -> float:
@@ -257,11 +276,17 @@ def memory_limit(limit_gb: float | None) -> float:
     return 0.8 * physical_memory() if limit_gb is None else limit_gb * 1e9
 
 
+def tilt_chunks(tilts: int) -> list[int]:
+    """Chunk sizes worth trying for ``tilts`` tilts, largest first: ⌈tilts / k⌉ for k = 1, 2, … (each
+    the smallest chunk for its number of chunks, so the zero-weight padding stays below one chunk)."""
+    return sorted({-(-tilts // k) for k in range(1, tilts + 1)}, reverse=True)
+
+
 def check_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit_gb: float | None) -> float:
     """Estimated peak bytes of a forward+gradient pass over all datasets; InputError above the limit.
 
     Datasets are evaluated one after the other, so the peak is the runtime, the resident arrays
-    of all of them and the largest frame working set.
+    of all of them and the largest frame working set (at each dataset's ``tilt_chunk``).
     """
     working = [frame_memory(d, thickness_nodes) for d in datasets]
     peak = RUNTIME_MEMORY + sum(resident_memory(d) for d in datasets) + max(working)
@@ -269,8 +294,36 @@ def check_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit
     if limit > 0 and peak > limit:
         worst = datasets[int(np.argmax(working))]
         n, t = np.shape(worst.frames.beam_mask)[1], np.shape(worst.frames.tilts)[1]
+        chunk = worst.constants.tilt_chunk
+        side = f"{chunk} of {t} tilts" if 0 < chunk < t else f"{t} tilts"
         raise InputError(
-            f"a refinement step needs about {peak / 1e9:.1f} GB (dataset {worst.name}: {n} beams, {t} tilts per "
-            f"frame), more than the limit of {limit / 1e9:.1f} GB; lower tilts or gmax, or raise memory_limit",
-            source="memory_limit")
+            f"a refinement step needs about {peak / 1e9:.1f} GB (dataset {worst.name}: {n} beams, {side} per "
+            f"frame side by side), more than the limit of {limit / 1e9:.1f} GB; lower tilt_chunk, tilts or gmax, "
+            "or raise memory_limit", source="memory_limit")
     return peak
+
+
+def bound_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit_gb: float | None,
+                 tilt_chunk: int | None = None) -> tuple[tuple[DatasetProblem, ...], float]:
+    """Datasets with the ``tilt_chunk`` that keeps a forward+gradient pass under the memory limit.
+
+    With ``tilt_chunk`` None each dataset gets the largest chunk (all tilts if they fit) for which
+    the estimate (:func:`check_memory`) stays under the limit; a given ``tilt_chunk`` is used as it
+    is. Returns the datasets and the estimated peak bytes; InputError when even one tilt at a time
+    does not fit.
+    """
+    limit = memory_limit(limit_gb)
+    resident = RUNTIME_MEMORY + sum(resident_memory(d) for d in datasets)
+    chosen = []
+    for d in datasets:
+        t = int(np.shape(d.frames.tilts)[1])
+        if tilt_chunk is not None:
+            chunk = min(tilt_chunk, t)
+        else:
+            fits = [c for c in tilt_chunks(t)
+                    if limit <= 0 or resident + frame_memory(d, thickness_nodes, tilt_chunk=c) <= limit]
+            chunk = fits[0] if fits else 1
+        constants = dataclasses.replace(d.constants, tilt_chunk=0 if chunk >= t else chunk)
+        chosen.append(dataclasses.replace(d, constants=constants))
+    chosen = tuple(chosen)
+    return chosen, check_memory(chosen, thickness_nodes, limit_gb)

@@ -27,7 +27,8 @@ from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
 from .pets import PetsData
 from .learned_thickness import node_count
-from .problem import check_memory, prepare_dataset, structure_context
+from .objective import frame_mesh
+from .problem import bound_memory, prepare_dataset, structure_context
 from .refine_settings import RefinementSettings
 from .restraints import distance_restraints
 from .settings import CalculationSettings
@@ -107,7 +108,9 @@ def refine(
     begin = time.perf_counter()
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names)
-    check_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes), settings.memory_limit)
+    bounded, _ = bound_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes),
+                              settings.memory_limit, settings.tilt_chunk)
+    problem = dataclasses.replace(problem, datasets=bounded, mesh=frame_mesh(settings.devices))
     params = build_parameters(problem, settings, calculation.absorption)
     start_metrics, start_table = _summary(params, problem, settings)
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]

@@ -59,6 +59,10 @@ class RefinementSettings:
         report_every: epochs between full R evaluations in the history.
         memory_limit: largest estimated peak memory of a forward+gradient pass [GB] before the
             refinement refuses to start (None: 80 % of this machine's physical memory).
+        devices: JAX devices over which frames are split (1: no sharding); on a CPU host the
+            process must be started with that many host devices (``edrefine --devices N``).
+        tilt_chunk: tilts of a frame solved side by side (None: the most that fit the memory
+            limit; fewer tilts at a time need less memory and give the same result).
     """
 
     thickness_model: str = "neural"
@@ -85,6 +89,8 @@ class RefinementSettings:
     checkpoint_every: int = 5
     report_every: int = 10
     memory_limit: float | None = None
+    tilt_chunk: int | None = None
+    devices: int = 1
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -97,7 +103,7 @@ class RefinementSettings:
             raise InputError(f"must be adam, lbfgs or lm, got {self.optimiser!r}", source="optimiser")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise InputError(f"must be cosine, exponential or constant, got {self.schedule!r}", source="schedule")
-        for name in ("epochs", "chunk_frames", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes"):
+        for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise InputError(f"must be a positive integer, got {value!r}", source=name)
@@ -117,6 +123,8 @@ class RefinementSettings:
                 raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
                 raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
+        if self.tilt_chunk is not None and self.tilt_chunk < 1:
+            raise InputError(f"must be a positive integer, got {self.tilt_chunk!r}", source="tilt_chunk")
         if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
             raise InputError(f"must be a positive number of GB, got {self.memory_limit!r}", source="memory_limit")
         if not (math.isfinite(self.u_min) and self.u_min > 0):

@@ -60,6 +60,7 @@ def score_dataset(
     precession_steps: int = 24,
     mosaicity: float | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    strong_beams: int = 0,
 ) -> dict:
     """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
 
@@ -87,6 +88,8 @@ def score_dataset(
         details: add per frame ``rows`` (reflection indices into ``data.reflections``),
             ``fo``, ``fc`` (scaled), ``weight`` and ``observed`` arrays.
         progress: called as ``progress(done, total)`` after each frame is integrated.
+        strong_beams: beams per orientation solved exactly, the rest by Bethe perturbation
+            (:mod:`edrefine.bethe`); 0 for the full matrix.
 
     Returns:
         dict with R_obs, wR_all, GoF, R_obs_frame_mean, wR_frame_mean, n_obs, n_all, seconds,
@@ -134,10 +137,10 @@ def score_dataset(
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
     if precession:
         intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
-                                                       absorption, report)
+                                                       absorption, report, strong_beams)
     else:
         intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                                 data.wavelength, grid, absorption, report)
+                                                 data.wavelength, grid, absorption, report, strong_beams)
     table = [
         _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i], grid,
                    details)

@@ -64,6 +64,8 @@ class CalculationSettings:
         dsg: ... and ΔS_g − |S_g| > dsg [Å⁻¹].
         form_factors: "lobato", "kirkland" or "peng".
         absorption: κ of U′ = κU, or None for an elastic calculation.
+        strong_beams: beams per orientation solved exactly (those of smallest |S_g|); the others
+            enter by Bethe perturbation (:mod:`edrefine.bethe`). 0: the full matrix.
         thickness_min, thickness_max, thickness_step: thickness-search grid [Å].
     """
 
@@ -75,6 +77,7 @@ class CalculationSettings:
     dsg: float = 0.0015
     form_factors: str = "lobato"
     absorption: float | None = None
+    strong_beams: int = 0
     thickness_min: float = 50.0
     thickness_max: float = 2000.0
     thickness_step: float = 25.0
@@ -88,6 +91,9 @@ class CalculationSettings:
                 raise InputError(f"must be a positive number, got {value!r}", source=name)
         if not (isinstance(self.dsg, (int, float)) and math.isfinite(self.dsg) and self.dsg >= 0):
             raise InputError(f"must be a non-negative number, got {self.dsg!r}", source="dsg")
+        if self.strong_beams < 0:
+            raise InputError(f"must be 0 (full matrix) or a positive integer, got {self.strong_beams!r}",
+                             source="strong_beams")
         if not (isinstance(self.tilts, int) and self.tilts >= 1):
             raise InputError(f"must be a positive integer, got {self.tilts!r}", source="tilts")
         if self.tilt_rule not in ("midpoint", "uniform", "gauss"):
@@ -112,10 +118,10 @@ class CalculationSettings:
     def score_arguments(self) -> dict:
         """Keyword arguments of :func:`edrefine.score.score_dataset`."""
         return dict(g_max=self.gmax, sg_max=self.sgmax, tilts=self.tilts, tilt_rule=self.tilt_rule, rsg=self.rsg,
-                    dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption)
+                    dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption, strong_beams=self.strong_beams)
 
 
-LARGEST = {"gmax": 10.0, "sgmax": 1.0, "tilts": 1000, "thickness_max": 1e5, "absorption": 10.0}
+LARGEST = {"gmax": 10.0, "sgmax": 1.0, "tilts": 1000, "strong_beams": 100_000, "thickness_max": 1e5, "absorption": 10.0}
 """Upper limits beyond which a setting is a typo, not a calculation (|g| ≤ 10 Å⁻¹ is
 d ≥ 0.1 Å; 1000 tilts per frame; 10 µm of crystal; κ ≤ 10)."""
 FIELDS = {f.name for f in dataclasses.fields(CalculationSettings)}

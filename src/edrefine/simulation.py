@@ -123,6 +123,7 @@ def model_intensities(
     sweep: str,
     form_factors: str,
     absorption: float | None,
+    strong_beams: int = 0,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per frame: the selected hkl [refl, 3] and their thickness-averaged intensities (fraction of the beam)."""
     factors = form_factors_for(crystal, form_factors)
@@ -145,7 +146,8 @@ def model_intensities(
                                             required=chosen)
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
     intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                             template.wavelength, thickness_nodes, absorption)
+                                             template.wavelength, thickness_nodes, absorption,
+                                             strong_beams=strong_beams)
     averaged = measurement.thickness_average(intensity, thickness_weights)
     values = [averaged[f, measurement.lookup_beams(beam_sets.hkl[f, : beam_sets.counts[f]], hkl)]
               for f, hkl in enumerate(chosen)]
@@ -169,6 +171,7 @@ def simulate_dataset(
     sweep: str = "half",
     form_factors: str = "lobato",
     absorption: float | None = None,
+    strong_beams: int = 0,
 ) -> PetsData:
     """A simulated dataset on ``template``'s geometry with Poisson counts (see the module docstring).
 
@@ -179,7 +182,7 @@ def simulate_dataset(
         thickness_model: :mod:`edrefine.thickness` model, evaluated at the frames' α.
         counts: expected counts of the strongest reflection (> 0).
         seed: seed of ``numpy.random.default_rng``; noise: False gives the expected counts.
-        g_max, sg_max, tilts, tilt_rule, rsg, dsg, sweep, form_factors, absorption: as in
+        g_max, sg_max, tilts, tilt_rule, rsg, dsg, sweep, form_factors, absorption, strong_beams: as in
             :func:`edrefine.score.score_dataset`.
 
     Returns:
@@ -190,7 +193,7 @@ def simulate_dataset(
         raise InputError(f"counts must be positive, got {counts}", source="counts")
     t_nodes, t_weights = thickness_model.distribution(template.frames.alpha)
     settings = dict(g_max=g_max, sg_max=sg_max, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg, sweep=sweep,
-                    form_factors=form_factors, absorption=absorption)
+                    form_factors=form_factors, absorption=absorption, strong_beams=strong_beams)
     hkl, values = model_intensities(crystal, template, t_nodes, t_weights, **settings)
     frame_id = np.concatenate([np.full(len(h), i) for h, i in zip(hkl, template.frames.id)]).astype(np.int64)
     hkl = np.concatenate(hkl).astype(np.int64)

@@ -1,0 +1,74 @@
+"""Bethe reduction: the strong beams in the eigenproblem, the weak ones folded in by perturbation.
+
+For one orientation split the beams into a strong set s (the ``strong`` beams of smallest
+|S_g|, the incident beam always among them) and a weak set w (the rest). In the propagation
+equation dψ/da = i A' ψ (:mod:`edrefine.bloch`) a weak beam has a large diagonal A'_ww = M_w² 2K S_w
+compared with its couplings, so it follows the strong beams adiabatically. To first order in
+A'_ws / A'_ww (Bethe 1928; Zuo & Weickenmeier 1995):
+
+    A_eff = A'_ss − A'_sw diag(1/A'_ww) A'_ws                 (strong beams, N_s × N_s),
+    ψ_w(a) = −[Σ_s A'_ws ψ_s(a) − A'_w0 exp(i a A'_ww)] / A'_ww    (weak beams),
+
+the second term being the weak beam's own Bloch wave that makes ψ_w(0) = 0 (with only the
+incident beam strong, ψ_w is the kinematical amplitude). Weak–weak couplings are dropped. The
+cost is one N_s × N_s eigendecomposition plus N_s² (N − N_s) for the correction, instead of an
+N × N eigendecomposition. The strong set is chosen per orientation inside ``jit`` (a sort of
+|S_g|), so it follows the tilt; the choice is piecewise constant, its derivative zero.
+
+With absorption the absorptive matrix is restricted to the strong beams and the weak beams are
+reconstructed from the elastic couplings (first order in both κ and A'_ws / A'_ww).
+The accuracy against the full matrix is measured in tests/test_bethe.py and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Complex, Float, Inexact
+
+from . import bloch
+
+
+def strong_order(excitation_error: Float[Array, " beam"], beam_mask: Bool[Array, " beam"]) -> Array:
+    """Beam indices by increasing |S_g|: the incident beam (index 0) first, padded beams last."""
+    key = jnp.where(beam_mask, jnp.abs(excitation_error), jnp.inf).at[0].set(-1.0)
+    return jnp.argsort(key, stable=True)
+
+
+def reduced_propagate(
+    matrix: Inexact[Array, "beam beam"],
+    phase: Float[Array, " thickness"],
+    excitation_error: Float[Array, " beam"],
+    beam_mask: Bool[Array, " beam"],
+    strong: int,
+    absorption: Inexact[Array, "beam beam"] | None = None,
+) -> Complex[Array, "thickness beam"]:
+    """Amplitudes ψ(a) of every beam with the ``strong`` beams of smallest |S_g| solved exactly.
+
+    Args:
+        matrix: A' [Å⁻²] of all beams (:func:`edrefine.bloch.structure_matrix`).
+        phase: a = π t / K_n [Å²].
+        excitation_error: S_g [Å⁻¹] (chooses the strong beams).
+        beam_mask: True for valid beams.
+        strong: number of strong beams N_s (static), 1 ≤ N_s < N.
+        absorption: A'_abs [Å⁻²] or None.
+
+    Returns:
+        ψ [thickness beam] in the original beam order (zero on padding).
+    """
+    order = strong_order(excitation_error, beam_mask)
+    s, w = order[:strong], order[strong:]
+    mask_s, mask_w = beam_mask[s], beam_mask[w]
+    valid = matrix * (beam_mask[:, None] & beam_mask[None, :])
+    a_ss = valid[s][:, s]
+    a_ws = valid[w][:, s]
+    d_w = jnp.where(mask_w, jnp.real(jnp.diagonal(valid)[w]), 1.0)
+    correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
+    reduced = a_ss - jnp.where(mask_s[:, None] & mask_s[None, :], correction, 0.0)
+    reduced = reduced + jnp.diag(bloch._padding_diagonal(reduced, mask_s))
+    absorptive = None if absorption is None else absorption[s][:, s]
+    psi_s = bloch.propagate(reduced, phase, absorption=absorptive)
+    own_wave = jnp.exp(1j * phase[:, None] * d_w[None, :]) * a_ws[:, 0][None, :]
+    psi_w = -(psi_s @ a_ws.T - own_wave) / d_w[None, :]
+    psi_w = jnp.where(mask_w[None, :], psi_w, 0.0)
+    psi = jnp.zeros((phase.shape[0], matrix.shape[0]), dtype=psi_s.dtype)
+    return psi.at[:, s].set(psi_s).at[:, w].set(psi_w.astype(psi_s.dtype))
