@@ -121,18 +121,23 @@ def label(lever: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in lever.items()) or "reference (full matrix, float64, 1 device)"
 
 
-def run_case(name: str, frames: int | None, repeats: int) -> list[dict]:
+def run_case(name: str, frames: int | None, repeats: int, only: list[str] | None = None,
+             timeout: float = 3600.0) -> list[dict]:
     case = CASES[name]
     real_matrix = name == "cspbbr3"  # centrosymmetric: real structure matrix
     results = []
-    for lever in case["levers"]:
+    for lever in [lever for lever in case["levers"] if only is None or label(lever) in only]:
         spec = dict(case=name, frames=case["frames"] if frames is None else frames, repeats=repeats,
                     real_matrix=real_matrix, **lever)
         env = dict(os.environ)
         if lever.get("devices", 1) > 1:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={lever['devices']}"
-        run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                             env=env)
+        try:
+            run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                 text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{name} {label(lever)}: no result within {timeout} s", file=sys.stderr, flush=True)
+            continue
         if run.returncode != 0:
             print(f"{name} {label(lever)}: failed\n{run.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -160,12 +165,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="frames per case (0: all; default per case)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="levers to run, as printed (the first is the reference)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    results = {name: run_case(name, args.frames, args.repeats) for name in args.cases}
+    results = {name: run_case(name, args.frames, args.repeats, args.only, args.timeout) for name in args.cases}
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

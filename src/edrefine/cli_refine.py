@@ -103,7 +103,7 @@ def refine(
     u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
     drop_zero_sigma: Annotated[bool, typer.Option(help="Drop reflections with σ = 0 instead of failing.")] = False,
     memory_limit: Annotated[Optional[float], typer.Option(help="Refuse to start above this estimated peak memory [GB] (default: 80 % of RAM).")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Split frames over this many devices (on a CPU: host devices, one per core is a good start; default 1).")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Split frames over this many devices (default 1; experimental: stalls on real data with host CPU devices, see docs/benchmarks.md).")] = None,
     tilt_chunk: Annotated[Optional[int], typer.Option(help="Tilts of a frame solved side by side (default: as many as fit the memory limit).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate inputs and settings, prepare the problem, print its size and memory estimate, and stop.")] = False,
 ) -> None:

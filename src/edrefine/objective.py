@@ -132,28 +132,40 @@ def chunk_chi2(params: RefinementParameters, d: int, frames: FrameArrays, crysta
     return jnp.sum(evaluation.chi2)
 
 
-def sharded_chunk_chi2(params, d, frames, crystal, context, constants, remat, mesh: Mesh | None):
-    """:func:`chunk_chi2` with the chunk's frames split over the devices of ``mesh`` (axis "frames").
-
-    Every device maps over its own frames (``shard_map``) and the partial sums are added with
-    ``psum``; the parameters are replicated. Frames are independent until this sum, so the
-    result equals the unsharded one up to the order of the additions. ``mesh`` None: one device.
-    """
-    if mesh is None or mesh.size == 1:
-        return chunk_chi2(params, d, frames, crystal, context, constants, remat)
-    arrays, static = eqx.partition(params, eqx.is_array)
-
-    def local(arrays, frames):
-        value = chunk_chi2(eqx.combine(arrays, static), d, frames, crystal, context, constants, remat)
-        return jax.lax.psum(value, FRAME_AXIS)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(FRAME_AXIS)), out_specs=P())(arrays, frames)
+@eqx.filter_jit
+def _chunk_value_and_grad(params, d, frames, crystal, context, constants, remat=True):
+    return eqx.filter_value_and_grad(chunk_chi2)(params, d, frames, crystal, context, constants, remat)
 
 
 @eqx.filter_jit
+def _device_values_and_grads(params, d, frames, crystal, context, constants, remat, mesh):
+    """Per device: (Σ χ² of its frames, gradient), stacked on a leading device axis (no collective)."""
+    arrays, static = eqx.partition(params, eqx.is_array)
+
+    def local(arrays, frames):
+        def value(a):
+            return chunk_chi2(eqx.combine(a, static), d, frames, crystal, context, constants, remat)
+
+        v, g = eqx.filter_value_and_grad(value)(arrays)
+        return v[None], jax.tree_util.tree_map(lambda x: x[None], g)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(FRAME_AXIS)), out_specs=P(FRAME_AXIS))(arrays, frames)
+
+
 def chunk_value_and_grad(params, d, frames, crystal, context, constants, remat=True, mesh=None):
-    """(Σ χ², ∂/∂params) of one chunk; ``d``, ``remat`` and ``mesh`` static (jit cache keys)."""
-    return eqx.filter_value_and_grad(sharded_chunk_chi2)(params, d, frames, crystal, context, constants, remat, mesh)
+    """(Σ χ², ∂/∂params) of one chunk; ``d``, ``remat`` and ``mesh`` static (jit cache keys).
+
+    With a ``mesh`` of several devices the chunk's frames are split over them (``shard_map``):
+    every device returns the χ² and gradient of its own frames, and the partial results are
+    added on the host (no device collective). Frames are independent until this sum, so the
+    result equals the unsharded one up to the order of the additions.
+    """
+    if mesh is None or mesh.size == 1:
+        return _chunk_value_and_grad(params, d, frames, crystal, context, constants, remat)
+    values, grads = _device_values_and_grads(params, d, frames, crystal, context, constants, remat, mesh)
+    total = jnp.asarray(np.sum(np.asarray(values)))
+    summed = jax.tree_util.tree_map(lambda g: jnp.asarray(np.sum(np.asarray(g), axis=0)), grads)
+    return total, eqx.combine(summed, eqx.partition(params, eqx.is_array)[1])
 
 
 @eqx.filter_jit

@@ -176,9 +176,9 @@ def batch_gradient(params: RefinementParameters, problem: Problem, batches: list
         for _, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
             value, g = chunk_value_and_grad(params, d, frames, problem.crystal, problem.context, dataset.constants,
                                             problem.remat, problem.mesh)
-            total = total + value
+            total += float(value)  # waits for the chunk: two in-flight sharded programs can deadlock on CPU
             grad = jax.tree_util.tree_map(jnp.add, grad, eqx.filter(g, eqx.is_inexact_array))
-    return float(total), grad
+    return total, grad
 
 
 def batch_denominator(problem: Problem, batches: list[np.ndarray]) -> float:
