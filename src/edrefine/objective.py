@@ -146,6 +146,8 @@ def _device_values_and_grads(params, d, frames, crystal, context, constants, rem
         def value(a):
             return chunk_chi2(eqx.combine(a, static), d, frames, crystal, context, constants, remat)
 
+        # A per-device copy: differentiating the replicated parameters would insert a psum.
+        arrays = jax.tree_util.tree_map(lambda x: jax.lax.pcast(x, FRAME_AXIS, to="varying"), arrays)
         v, g = eqx.filter_value_and_grad(value)(arrays)
         return v[None], jax.tree_util.tree_map(lambda x: x[None], g)
 
