@@ -100,3 +100,22 @@ def test_absorption_with_bethe_approaches_the_full_absorptive_result(orientation
     assert np.all(full.sum(axis=1) < 1.0)
     reduced = intensity(args, 32, absorption=0.05)
     assert np.abs(reduced - full).sum(axis=1).max() < 0.02
+
+
+def test_strong_rows_from_the_table_equal_the_reduction_of_the_full_matrix(orientation):
+    args, _ = orientation
+    u, index, hkl, mask, m, direction, lam, thickness = args
+    from edrefine.diffraction import incident_geometry
+    from edrefine.electron import crystal_wavenumber
+
+    k = crystal_wavenumber(lam, jnp.real(u[0]))
+    s, gn, kn = incident_geometry(hkl, m, direction, k)
+    phase = bloch.thickness_phase(thickness, kn)
+    for kappa in (None, 0.05):
+        coupling = u[index]
+        full = bloch.structure_matrix(s, coupling, k, gn, kn, mask)
+        absorptive = None if kappa is None else bloch.absorptive_matrix(kappa * coupling, kappa * jnp.real(u[0]), gn,
+                                                                        kn, mask)
+        a = bethe.reduced_propagate(full, phase, s, mask, 12, absorptive)
+        b = bethe.strong_rows_propagate(u, index, s, gn, k, kn, mask, phase, 12, kappa)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-12)

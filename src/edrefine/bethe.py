@@ -23,7 +23,7 @@ The accuracy against the full matrix is measured in tests/test_bethe.py and docs
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Complex, Float, Inexact
+from jaxtyping import Array, Bool, Complex, Float, Inexact, Int
 
 from . import bloch
 
@@ -57,18 +57,58 @@ def reduced_propagate(
     """
     order = strong_order(excitation_error, beam_mask)
     s, w = order[:strong], order[strong:]
-    mask_s, mask_w = beam_mask[s], beam_mask[w]
     valid = matrix * (beam_mask[:, None] & beam_mask[None, :])
-    a_ss = valid[s][:, s]
-    a_ws = valid[w][:, s]
-    d_w = jnp.where(mask_w, jnp.real(jnp.diagonal(valid)[w]), 1.0)
-    correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
-    reduced = a_ss - jnp.where(mask_s[:, None] & mask_s[None, :], correction, 0.0)
-    reduced = reduced + jnp.diag(bloch._padding_diagonal(reduced, mask_s))
     absorptive = None if absorption is None else absorption[s][:, s]
+    return _fold_and_propagate(valid[s][:, s], valid[w][:, s], jnp.real(jnp.diagonal(valid)[w]), s, w, beam_mask,
+                               phase, absorptive)
+
+
+def strong_rows_propagate(
+    u_table: Complex[Array, " coupling"],
+    coupling_index: Int[Array, "beam beam"],
+    excitation_error: Float[Array, " beam"],
+    g_normal: Float[Array, " beam"],
+    k_crystal: Float[Array, ""],
+    k_normal: Float[Array, ""],
+    beam_mask: Bool[Array, " beam"],
+    phase: Float[Array, " thickness"],
+    strong: int,
+    absorption: Float[Array, ""] | None = None,
+) -> Complex[Array, "thickness beam"]:
+    """:func:`reduced_propagate` from the potential table, building only the N_s strong rows of A'.
+
+    The same matrix elements as :func:`edrefine.bloch.structure_matrix` (A'_ij = M_i A_ij M_j),
+    but N_s × N of them instead of N × N: A'_ws is the conjugate transpose of A'_sw (U Hermitian)
+    and A'_ww is only needed on its diagonal. With ``absorption`` κ the absorptive matrix of the
+    strong beams is κ times their coupling block plus M_s² κ U₀ on the diagonal.
+    """
+    order = strong_order(excitation_error, beam_mask)
+    s, w = order[:strong], order[strong:]
+    m = (1.0 + jnp.where(beam_mask, g_normal, 0.0) / k_normal) ** -0.5
+    mask_s = beam_mask[s]
+    off_diagonal = mask_s[:, None] & beam_mask[None, :] & (jnp.arange(beam_mask.shape[0])[None, :] != s[:, None])
+    coupling_rows = m[s][:, None] * jnp.where(off_diagonal, u_table[coupling_index[s]], 0.0) * m[None, :]
+    diagonal = m**2 * 2.0 * k_crystal * jnp.where(beam_mask, excitation_error, 0.0)
+    a_ss = coupling_rows[:, s] + jnp.diag(jnp.where(mask_s, diagonal[s], 0.0))
+    a_ws = jnp.conj(coupling_rows[:, w]).T
+    absorptive = None
+    if absorption is not None:
+        u0 = jnp.real(u_table[0])
+        absorptive = absorption * coupling_rows[:, s] + jnp.diag(jnp.where(mask_s, absorption * u0 * m[s] ** 2, 0.0))
+    return _fold_and_propagate(a_ss, a_ws, diagonal[w], s, w, beam_mask, phase, absorptive)
+
+
+def _fold_and_propagate(a_ss, a_ws, d_w, s, w, beam_mask, phase, absorptive):
+    """A_eff from the strong block, the weak-to-strong couplings and the weak diagonal; ψ of all beams."""
+    mask_s, mask_w = beam_mask[s], beam_mask[w]
+    a_ws = jnp.where(mask_w[:, None] & mask_s[None, :], a_ws, 0.0)
+    d_w = jnp.where(mask_w, d_w, 1.0)
+    correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
+    reduced = jnp.where(mask_s[:, None] & mask_s[None, :], a_ss - correction, 0.0)
+    reduced = reduced + jnp.diag(bloch._padding_diagonal(reduced, mask_s))
     psi_s = bloch.propagate(reduced, phase, absorption=absorptive)
     own_wave = jnp.exp(1j * phase[:, None] * d_w[None, :]) * a_ws[:, 0][None, :]
     psi_w = -(psi_s @ a_ws.T - own_wave) / d_w[None, :]
     psi_w = jnp.where(mask_w[None, :], psi_w, 0.0)
-    psi = jnp.zeros((phase.shape[0], matrix.shape[0]), dtype=psi_s.dtype)
+    psi = jnp.zeros((phase.shape[0], beam_mask.shape[0]), dtype=psi_s.dtype)
     return psi.at[:, s].set(psi_s).at[:, w].set(psi_w.astype(psi_s.dtype))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Complex, Float, Int
 
 from . import bloch
-from .bethe import reduced_propagate
+from .bethe import strong_rows_propagate
 from .crystal import Crystal
 from .electron import crystal_wavenumber
 from .scattering import ScatteringFactors
@@ -103,11 +103,12 @@ def orientation_amplitudes(
     excitation, g_normal, k_normal = incident_geometry(
         beam_hkl, reciprocal_matrix, beam_direction, k_crystal, surface_normal
     )
+    phase = bloch.thickness_phase(thickness, k_normal)
+    if 0 < strong_beams < beam_hkl.shape[0]:
+        return strong_rows_propagate(u_table, coupling_index, excitation, g_normal, k_crystal, k_normal, beam_mask,
+                                     phase, strong_beams, absorption)
     coupling = u_table[coupling_index]
     matrix = bloch.structure_matrix(excitation, coupling, k_crystal, g_normal, k_normal, beam_mask)
-    phase = bloch.thickness_phase(thickness, k_normal)
     absorptive = None if absorption is None else bloch.absorptive_matrix(
         absorption * coupling, absorption * mean_potential, g_normal, k_normal, beam_mask)
-    if 0 < strong_beams < beam_hkl.shape[0]:
-        return reduced_propagate(matrix, phase, excitation, beam_mask, strong_beams, absorptive)
     return bloch.propagate(matrix, phase, absorption=absorptive)
