@@ -84,7 +84,7 @@ def strong_rows_propagate(
     """
     order = strong_order(excitation_error, beam_mask)
     s, w = order[:strong], order[strong:]
-    m = (1.0 + jnp.where(beam_mask, g_normal, 0.0) / k_normal) ** -0.5
+    m = bloch._surface_factors(g_normal, k_normal, beam_mask)
     mask_s = beam_mask[s]
     off_diagonal = mask_s[:, None] & beam_mask[None, :] & (jnp.arange(beam_mask.shape[0])[None, :] != s[:, None])
     coupling_rows = m[s][:, None] * jnp.where(off_diagonal, u_table[coupling_index[s]], 0.0) * m[None, :]
