@@ -225,8 +225,9 @@ MEMORY_MATRICES_PER_TILT = 24
 """Complex N × N arrays alive per tilt while one frame's forward and reverse pass run
 (structure matrix, eigenvectors, their cotangents, the congruence products, XLA temporaries)."""
 MEMORY_FULL_MATRICES_BETHE = 6
-"""Complex N × N arrays per tilt with a Bethe reduction (structure matrix, masked copy, gathers,
-their cotangents); an estimate, not yet calibrated by ``benchmarks/memory.py``."""
+"""Complex N × N arrays per tilt charged for a Bethe reduction. Only the N_s × N strong rows are
+built (:func:`edrefine.bethe.strong_rows_propagate`), so this is a generous upper bound, not yet
+calibrated by ``benchmarks/memory.py``."""
 MEMORY_BYTES_PER_COUPLING = 72
 """Bytes per frame and beam pair kept for the whole dataset (coupling index on host and device,
 the chunk's copies and gathered potentials). Both constants are calibrated against measured
@@ -239,8 +240,8 @@ def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 
     Frames run one after the other (``lax.map`` under ``jax.checkpoint``), ``tilt_chunk`` of
     their tilts side by side (default: the dataset's ``constants.tilt_chunk``; 0 means all):
     chunk × (N × N matrices + N × nodes blocks) of ``itemsize`` bytes. With a Bethe reduction to
-    N_s strong beams the eigenproblem's matrices are N_s × N_s and the full structure matrix and
-    its gathers add :data:`MEMORY_FULL_MATRICES_BETHE` N × N arrays.
+    N_s strong beams the eigenproblem's matrices are N_s × N_s and the strong rows and their
+    gathers are charged as :data:`MEMORY_FULL_MATRICES_BETHE` N × N arrays.
     """
     n = int(np.shape(problem.frames.beam_mask)[1])
     t = int(np.shape(problem.frames.tilts)[1])
