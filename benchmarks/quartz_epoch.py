@@ -5,7 +5,7 @@ sampled by 42 midpoint tilts, RSg 0.9, DSg 0.0015 Å⁻¹, neural thickness mode
 of one forward pass and one forward+gradient pass over all frames (steady state: after one
 warm-up call), in a child process with 1 and with 2 threads, and their ratio.
 
-    python benchmarks/quartz_epoch.py [--tilts 42] [--threads 1 2]
+    python benchmarks/quartz_epoch.py [--tilts 42] [--threads 1 2] [--json FILE]
 
 Not collected by pytest. Needs ../shared/data.
 """
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--tilts", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="write the timings here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -98,6 +99,8 @@ def main() -> None:
         one, two = results[min(results)], results[max(results)]
         print(f"quartz_epoch forward_gradient threads {min(results)}/{max(results)} "
               f"ratio={one['forward_gradient'] / two['forward_gradient']:.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

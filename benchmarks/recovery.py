@@ -1,13 +1,18 @@
 """Recovery of known structures from simulated data (the protocol of Malik et al. 2026).
 
-For each thickness truth (plate, wedge, bimodal) a dataset is simulated on a continuous-rotation
-geometry with Poisson noise; the structure is displaced by ``--perturbation`` Å RMS within its
-site-symmetry subspaces and every U reset to 0.01 Å² (isotropic); it is refined with each
-thickness model. Printed per case: coordinate RMSD, largest relative U_iso error, mean relative
-error of the per-frame mean thickness, wR(all), time.
+For each thickness truth (constant, plate, wedge, bimodal) a dataset is simulated on a
+continuous-rotation geometry with Poisson noise; the structure is displaced by each of
+``--perturbations`` Å RMS within its site-symmetry subspaces and every U reset to 0.01 Å²
+(isotropic); it is refined with each thickness model. Printed per case: coordinate RMSD,
+largest relative U_iso error, mean relative error of the per-frame mean thickness, wR(all),
+time. With ``--out DIR`` the rows (with every frame's learned and true thickness distribution)
+go to ``DIR/recovery.json`` and the learned-against-true thickness plots to
+``DIR/recovery_thickness.png``.
 
-    python benchmarks/recovery.py --structure quartz [--truths plate,wedge,bimodal] \
-        [--models neural,neural-grid,perframe] [--epochs 150] [--frames 41] [--json out.json]
+    python benchmarks/recovery.py --structure quartz [--truths constant,plate,wedge,bimodal] \
+        [--models constant,perframe,plate,neural] [--perturbations 0.08,0.16,0.3] [--epochs 150] \
+        [--frames 41] [--out DIR]
+    python benchmarks/recovery.py --quick --out DIR    # wedge and bimodal, perframe and neural, 0.16 Å
     python benchmarks/recovery.py --malik quartz    # start *_02_displacement.cif vs *_paper_data
 
 Structures: quartz (``examples/quartz.cif``), cspbbr3 (``../shared/data/cspbbr3/cspbbr3.cif``
@@ -25,7 +30,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"
-TRUTHS = {"plate": "plate:300,15", "wedge": "wedge:200,500,8,-10", "bimodal": "bimodal:250,600,0.5,20"}
+TRUTHS = {"constant": "constant:350", "plate": "plate:300,15", "wedge": "wedge:200,500,8,-10", "bimodal": "bimodal:250,600,0.5,20"}
 
 
 def structure(name: str):
@@ -41,7 +46,7 @@ def structure(name: str):
                          occupancy=np.asarray(crystal.params.occupancy))
 
 
-def case(truth, truth_name: str, model: str, args) -> dict:
+def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
     import jax
 
     from edrefine import CalculationSettings, RefinementSettings, refine, simulate_dataset, synthetic_template
@@ -55,7 +60,7 @@ def case(truth, truth_name: str, model: str, args) -> dict:
     thickness = parse_thickness_model(TRUTHS[truth_name])
     data = simulate_dataset(truth, template, thickness, counts=1e5, seed=0, g_max=args.gmax, sg_max=0.01, tilts=5,
                             tilt_rule="gauss")
-    start = perturb(truth, jax.random.key(1), args.perturbation)
+    start = perturb(truth, jax.random.key(1), perturbation)
     begin = time.perf_counter()
     result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, thickness_model=model,
                                                                     u_reset=0.01))
@@ -63,10 +68,50 @@ def case(truth, truth_name: str, model: str, args) -> dict:
     true_mean = mean_thickness(thickness, data.frames.alpha)[ids]
     learned = np.array([f["thickness_mean"] for f in result.frames])
     u_true = np.asarray(truth.u_iso())
-    return {"truth": truth_name, "model": model, "rmsd": float(coordinate_rmsd(result.crystal, truth)),
+    true_nodes, true_weights = thickness.distribution(data.frames.alpha)
+    return {"truth": truth_name, "model": model, "perturbation": perturbation,
+            "rmsd_start": float(coordinate_rmsd(start, truth)), "rmsd": float(coordinate_rmsd(result.crystal, truth)),
             "u_error": float(np.max(np.abs(np.asarray(result.crystal.u_iso()) / u_true - 1))),
             "thickness_error": float(np.mean(np.abs(learned / true_mean - 1))), "wR_all": result.metrics["wR_all"],
-            "seconds": time.perf_counter() - begin}
+            "seconds": time.perf_counter() - begin,
+            "frames": {"alpha": np.asarray(data.frames.alpha)[ids].tolist(), "learned_mean": learned.tolist(),
+                       "true_mean": true_mean.tolist(),
+                       "learned_nodes": [f["thickness_nodes"] for f in result.frames],
+                       "learned_weights": [f["thickness_weights"] for f in result.frames],
+                       "true_nodes": np.asarray(true_nodes)[ids].tolist(),
+                       "true_weights": np.asarray(true_weights)[ids].tolist()}}
+
+
+def thickness_figure(rows: list[dict], path: pathlib.Path) -> None:
+    """Learned against true thickness per frame: one panel per truth, the mean as lines and every
+    node of each distribution as dots sized by its weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truths = list(dict.fromkeys(r["truth"] for r in rows))
+    largest = max(r["perturbation"] for r in rows)
+    fig, axes = plt.subplots(1, len(truths), figsize=(4.2 * len(truths), 3.6), squeeze=False)
+    for ax, truth_name in zip(axes[0], truths):
+        mine = [r for r in rows if r["truth"] == truth_name and r["perturbation"] == largest]
+        f = mine[0]["frames"]
+        for alpha, nodes, weights in zip(f["alpha"], f["true_nodes"], f["true_weights"]):
+            ax.scatter([alpha] * len(nodes), nodes, s=60 * np.asarray(weights), c="k", alpha=0.25, lw=0)
+        order = np.argsort(f["alpha"])
+        ax.plot(np.asarray(f["alpha"])[order], np.asarray(f["true_mean"])[order], "k-", lw=2, label="true mean")
+        for r in mine:
+            g = r["frames"]
+            line, = ax.plot(np.asarray(g["alpha"])[order], np.asarray(g["learned_mean"])[order], "--", label=r["model"])
+            if r["model"].startswith("neural"):
+                for alpha, nodes, weights in zip(g["alpha"], g["learned_nodes"], g["learned_weights"]):
+                    ax.scatter([alpha] * len(nodes), nodes, s=60 * np.asarray(weights), color=line.get_color(),
+                               alpha=0.35, lw=0)
+        ax.set(title=f"truth: {truth_name} (start {largest} Å)", xlabel="α [deg]", ylabel="thickness [Å]")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def malik(name: str, args) -> dict:
@@ -90,17 +135,22 @@ def malik(name: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structure", default="quartz", choices=["quartz", "cspbbr3"])
-    parser.add_argument("--truths", default="plate,wedge,bimodal")
-    parser.add_argument("--models", default="neural,neural-grid,perframe")
+    parser.add_argument("--truths", default="constant,plate,wedge,bimodal")
+    parser.add_argument("--models", default="constant,perframe,plate,neural")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--frames", type=int, default=41)
     parser.add_argument("--step", type=float, default=2.0)
     parser.add_argument("--gmax", type=float, default=1.6)
     parser.add_argument("--tilts", type=int, default=12)
-    parser.add_argument("--perturbation", type=float, default=0.15)
+    parser.add_argument("--perturbations", default="0.08,0.16,0.3", help="starting RMS displacements [Å]")
+    parser.add_argument("--quick", action="store_true",
+                        help="wedge and bimodal truths, perframe and neural models, 0.16 Å, 25 frames, 80 epochs, g_max 1.4")
     parser.add_argument("--malik", choices=["quartz", "cspbbr3"], default=None)
-    parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for recovery.json and the figure")
     args = parser.parse_args()
+    if args.quick:
+        args.truths, args.models, args.perturbations = "wedge,bimodal", "perframe,neural", "0.16"
+        args.frames, args.epochs, args.gmax = 25, 80, 1.4
 
     import jax
 
@@ -109,11 +159,26 @@ def main() -> None:
         rows = [malik(args.malik, args)]
     else:
         truth = structure(args.structure)
-        rows = [case(truth, t, m, args) for t in args.truths.split(",") for m in args.models.split(",")]
-    for row in rows:
-        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=1))
+        rows = []
+        for p in (float(v) for v in args.perturbations.split(",")):
+            for t in args.truths.split(","):
+                for m in args.models.split(","):
+                    rows.append(case(truth, t, m, p, args))
+                    print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in rows[-1].items() if k != "frames"), flush=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in vars(args).items() if k != "out"}
+        (args.out / "recovery.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
+        if not args.malik:
+            thickness_figure(rows, args.out / "recovery_thickness.png")
+    if not args.malik:
+        print(f"\n{'start Å':>7s} {'truth':8s} {'model':11s} {'RMSD Å':>8s} {'U err':>7s} {'t err':>7s} "
+              f"{'wR(all)':>8s} {'time s':>7s}")
+        for r in rows:
+            print(f"{r['perturbation']:7.2f} {r['truth']:8s} {r['model']:11s} {r['rmsd']:8.4f} "
+                  f"{100 * r['u_error']:6.1f}% {100 * r['thickness_error']:6.1f}% {100 * r['wR_all']:7.3f}% "
+                  f"{r['seconds']:7.0f}")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,18 @@ def test_recovers_a_perturbed_structure_from_noiseless_data(truth, data):
     assert np.all(np.isfinite(su[1])) and np.all(su[1] > 0)
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_ends(truth, data, tmp_path):
+RESUMABLE = {
+    "adam": RefinementSettings(thickness_model="neural", epochs=6, polish_steps=0, checkpoint_every=1,
+                               batch_frames=5, nn_width=8, nn_depth=1, report_every=100),
+    "lm": RefinementSettings(thickness_model="constant", optimiser="lm", epochs=5, checkpoint_every=1,
+                             refine=("positions", "adp"), report_every=100),
+}
+
+
+@pytest.mark.parametrize("optimiser", sorted(RESUMABLE))
+def test_a_resumed_run_ends_where_an_uninterrupted_one_ends(truth, data, tmp_path, optimiser):
     start = perturb(truth, jax.random.key(1), 0.05)
-    settings = RefinementSettings(thickness_model="neural", epochs=6, polish_steps=0, checkpoint_every=1,
-                                  batch_frames=5, nn_width=8, nn_depth=1, report_every=100)
+    settings = RESUMABLE[optimiser]
     whole = refine(start, [data], CALC, settings)
 
     class Killed(Exception):

@@ -203,12 +203,15 @@ def frame_mesh(devices: int) -> Mesh | None:
     """A one-axis mesh of the first ``devices`` JAX devices (None for one device); InputError if
     fewer are available (on a CPU host, start with ``edrefine --devices N`` or set
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts)."""
-    available = jax.devices()
+    from .errors import InputError
+
     if devices <= 1:
         return None
+    if jax.process_count() > 1:
+        raise InputError("multi-process runs (jax.distributed) are not supported yet; use the devices of one "
+                         "process (docs/refinement.md, Several devices)", source="devices")
+    available = jax.devices()
     if devices > len(available):
-        from .errors import InputError
-
         raise InputError(f"{devices} devices asked for, {len(available)} available ({available[0].platform}); on a "
                          "CPU give the count before JAX starts (edrefine --devices N)", source="devices")
     return Mesh(np.array(available[:devices]), (FRAME_AXIS,))

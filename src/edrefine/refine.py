@@ -21,6 +21,8 @@ from .cif import Uncertainties
 from .crystal import Crystal
 from .errors import InputError
 from .loss import Problem, StructuralIndex
+from .least_squares import initial_state as least_squares_start
+from .least_squares import run_least_squares
 from .optimise import (TrainingState, build_parameters, first_order_optimiser, polish, run_first_order, run_lbfgs,
                        training_state)
 from .summary import count_parameters, figures_of_merit, frame_table
@@ -118,6 +120,8 @@ def refine(
     stage = "first-order"
     if settings.optimiser == "adam":
         state.opt_state = first_order_optimiser(problem, params, settings).init(eqx.filter(params, eqx.is_inexact_array))
+    elif settings.optimiser == "lm":
+        state.opt_state = least_squares_start()
     if resume and folder is not None and checkpoint.exists(folder):
         if settings.optimiser == "lbfgs":
             state.opt_state = None
@@ -138,6 +142,8 @@ def refine(
             state = run_first_order(problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lbfgs":
             state = run_lbfgs(problem, state, settings, epoch_hook)
+        elif stage == "first-order" and settings.optimiser == "lm":
+            state = run_least_squares(problem, state, settings, epoch_hook)
     except KeyboardInterrupt:
         interrupted = True
         if folder is not None:
@@ -156,7 +162,7 @@ def refine(
         state.events.append(state.stopped)
     if folder is not None and not interrupted:
         checkpoint.save(folder, state, "polish", fingerprint)
-    steps = 0 if interrupted else settings.epochs if settings.optimiser == "lm" else settings.polish_steps
+    steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
     params, info = polish(problem, state.params, settings, steps)
     if info.get("steps"):
         state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "

@@ -39,8 +39,9 @@ class RefinementSettings:
         thickness_min, thickness_max: bounds of every thickness model [Å].
         thickness_start: dataset, frame or auto: the starting thickness from a dataset-wide or a
             per-frame search (:func:`edrefine.optimise.initial_thickness`).
-        optimiser: adam, lbfgs, or lm (Levenberg–Marquardt on the structure only).
-        epochs: passes over the training frames (Adam) or iterations (L-BFGS).
+        optimiser: adam, lbfgs, or lm (Levenberg–Marquardt on every refined group,
+            :mod:`edrefine.least_squares`).
+        epochs: passes over the training frames (Adam) or iterations (L-BFGS, L–M).
         refine: the groups that change; the others stay at their starting values.
         learning_rates: Adam step size per group (see :data:`DEFAULT_LEARNING_RATES`).
         schedule: cosine (decay to 1 % at the end), exponential (same end point) or constant.

@@ -65,7 +65,9 @@ class CalculationSettings:
         form_factors: "lobato", "kirkland" or "peng".
         absorption: κ of U′ = κU, or None for an elastic calculation.
         strong_beams: beams per orientation solved exactly (those of smallest |S_g|); the others
-            enter by Bethe perturbation (:mod:`edrefine.bethe`). 0: the full matrix.
+            enter by Bethe perturbation (:mod:`edrefine.bethe`). 0: the full matrix; 1: the
+            kinematical (single-scattering) model, each reflection with the rocking curve of a
+            crystal of the frame's thickness.
         thickness_min, thickness_max, thickness_step: thickness-search grid [Å].
     """
 

@@ -1,0 +1,229 @@
+"""Levenberg–Marquardt refinement of every refined group: the second-order baseline.
+
+Traditional dynamical refinement (Jana2020 and others) minimises χ² = Σ r² with
+r = √w (|Fo| − k|Fc|) by Gauss–Newton steps on the normal equations. This module does the same
+for any subset of :data:`edrefine.parameters.GROUPS`, so that it can be compared with the
+first-order optimisers on the same problem:
+
+- the parameter vector is the free structural entries (:class:`~edrefine.loss.StructuralIndex`:
+  free coordinates θ, U coefficients φ, occupancies) followed by every other refined array
+  (κ, orientation corrections, thickness-model values), flattened;
+- the Jacobian J = ∂r/∂p is dense and taken in forward mode, one tangent per parameter
+  (``jax.linearize``, tangents pushed in blocks of ``block`` so memory stays bounded), chunk by
+  chunk of frames; only the normal matrix JᵀJ [p p], the gradient Jᵀr and rᵀr leave each chunk.
+  One iteration therefore costs about p forward passes plus O(p³) for the solve, which is what
+  the scaling study (``benchmarks/scaling.py``) measures against Adam's one gradient per step;
+- each step solves (JᵀJ + λ D) δ = −Jᵀr with D = diag(JᵀJ) (Marquardt's scaling, floored so
+  that parameters without influence stay put) and is accepted if χ² falls; λ follows Nielsen's
+  gain-ratio rule (H. B. Nielsen, "Damping parameter in Marquardt's method", IMM-REP-1999-05).
+  After every accepted step the parameters are projected onto their constraints
+  (:func:`edrefine.parameters.project`).
+
+Frame scales are profiled out inside the residuals, as in every other part of the objective.
+The structural-only L–M polish after Adam (:func:`edrefine.optimise.polish`) is a separate,
+small optimistix solve.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .loss import Problem, StructuralIndex
+from .objective import evaluate_frames
+from .parameters import RefinementParameters, group_labels, project
+from .restraints import restraint_residuals
+
+STRUCTURAL = ("positions", "adp", "occupancy")
+
+
+class Layout(eqx.Module):
+    """Which entries of :class:`RefinementParameters` form the flat least-squares vector.
+
+    ``index``: the free structural entries; ``others``: a boolean pytree over
+    ``(absorption, datasets)`` (True: refined, flattened after the structural entries).
+    """
+
+    index: StructuralIndex
+    others: object = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, params: RefinementParameters, crystal, refine: tuple[str, ...]) -> Layout:
+        labels = group_labels(params)
+        others = jax.tree_util.tree_map(lambda label: label in refine and label not in STRUCTURAL,
+                                        (labels.absorption, labels.datasets))
+        return cls(StructuralIndex.of(crystal, tuple(g for g in STRUCTURAL if g in refine)), others)
+
+    def _split(self, params: RefinementParameters):
+        arrays, static = eqx.partition((params.absorption, params.datasets), eqx.is_inexact_array)
+        refined, frozen = eqx.partition(arrays, self.others)
+        return refined, frozen, static
+
+    def size(self, params: RefinementParameters) -> int:
+        return self.index.size + int(ravel_pytree(self._split(params)[0])[0].size)
+
+    def to_vector(self, params: RefinementParameters) -> jax.Array:
+        flat, _ = ravel_pytree(self._split(params)[0])
+        return jnp.concatenate([self.index.to_vector(params.sites), flat.astype(params.sites.position_free.dtype)])
+
+    def from_vector(self, vector: jax.Array, params: RefinementParameters) -> RefinementParameters:
+        refined, frozen, static = self._split(params)
+        _, unravel = ravel_pytree(refined)
+        n = self.index.size
+        absorption, datasets = eqx.combine(unravel(vector[n:]), frozen, static)
+        return RefinementParameters(self.index.from_vector(vector[:n], params.sites), absorption, datasets)
+
+
+@eqx.filter_jit
+def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int):
+    """(JᵀJ, Jᵀr, rᵀr) of one chunk of frames of dataset ``d`` at ``vector`` (forward mode)."""
+
+    def residuals(v):
+        p = layout.from_vector(v, params)
+        e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
+        mask = frames.refl_mask & frames.frame_mask[:, None]
+        return jnp.where(mask, jnp.sqrt(frames.weight) * (frames.fo - e.fc), 0.0).reshape(-1)
+
+    r, tangent = jax.linearize(residuals, vector)
+    n = vector.shape[0]
+    blocks = -(-n // block)
+    basis = jnp.eye(blocks * block, n, dtype=vector.dtype).reshape(blocks, block, n)
+    jt = jax.lax.map(jax.vmap(tangent), basis).reshape(blocks * block, -1)[:n]  # Jᵀ [p m]
+    return jt @ jt.T, jt @ r, r @ r
+
+
+@eqx.filter_jit
+def restraint_normal_equations(vector, params, layout: Layout, crystal, restraints):
+    def residuals(v):
+        return restraint_residuals(crystal.with_params(layout.from_vector(v, params).sites), restraints)
+
+    r = residuals(vector)
+    j = jax.jacfwd(residuals)(vector)
+    return j.T @ j, j.T @ r, r @ r
+
+
+@eqx.filter_jit
+def chunk_chi2_only(params, d: int, frames, crystal, context, constants):
+    e = evaluate_frames(params.sites, params.absorption, params.datasets[d], frames, crystal, context, constants,
+                        remat=False)
+    return jnp.sum(e.chi2)
+
+
+def normal_equations(params: RefinementParameters, problem: Problem, layout: Layout, chunk: int, block: int):
+    """(JᵀJ, Jᵀr, χ²) over every frame of every dataset and the restraints (host numpy)."""
+    vector = layout.to_vector(params)
+    n = int(vector.shape[0])
+    normal, gradient, chi2 = np.zeros((n, n)), np.zeros(n), 0.0
+    for d, dataset in enumerate(problem.datasets):
+        for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
+            a, g, c = chunk_normal_equations(vector, params, layout, d, frames, problem.crystal, problem.context,
+                                             dataset.constants, block)
+            normal += np.asarray(a)
+            gradient += np.asarray(g)
+            chi2 += float(c)
+    if problem.restraints is not None:
+        a, g, c = restraint_normal_equations(vector, params, layout, problem.crystal, problem.restraints)
+        normal += np.asarray(a)
+        gradient += np.asarray(g)
+        chi2 += float(c)
+    return normal, gradient, chi2
+
+
+def total_chi2(params: RefinementParameters, problem: Problem, chunk: int) -> float:
+    """χ² over every frame and the restraints (forward only)."""
+    chi2 = 0.0
+    for d, dataset in enumerate(problem.datasets):
+        for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
+            chi2 += float(chunk_chi2_only(params, d, frames, problem.crystal, problem.context, dataset.constants))
+    if problem.restraints is not None:
+        r = restraint_residuals(problem.crystal.with_params(params.sites), problem.restraints)
+        chi2 += float(jnp.sum(r**2))
+    return chi2
+
+
+def marquardt_scaling(normal: np.ndarray) -> np.ndarray:
+    """D = diag(JᵀJ), floored at 1e-12 of its largest entry."""
+    diagonal = np.diag(normal).copy()
+    return np.maximum(diagonal, 1e-12 * max(float(np.max(diagonal, initial=0.0)), 1e-300))
+
+
+def damped_step(normal: np.ndarray, gradient: np.ndarray, damping: float, scaling: np.ndarray) -> np.ndarray:
+    """δ solving (JᵀJ + λ D) δ = −Jᵀr."""
+    matrix = normal + damping * np.diag(scaling)
+    try:
+        return np.linalg.solve(matrix, -gradient)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(matrix, -gradient, rcond=None)[0]
+
+
+def initial_state() -> tuple[jax.Array, jax.Array]:
+    """(λ, ν) of Nielsen's rule at the start: λ = 1e-3 (relative to diag JᵀJ), ν = 2."""
+    return jnp.asarray(1e-3), jnp.asarray(2.0)
+
+
+def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | None = None, block: int = 32,
+                      close_epoch: Callable | None = None):
+    """Levenberg–Marquardt iterations from ``state.epoch`` to ``settings.epochs`` (or convergence).
+
+    Each iteration is one record in the history (loss after the step, λ, trial solves); the
+    state's ``opt_state`` holds (λ, ν) so that a checkpointed run resumes where it stopped.
+    """
+    from .optimise import _close_epoch
+
+    close = close_epoch or _close_epoch
+    layout = Layout.of(state.params, problem.crystal, settings.refine)
+    if layout.size(state.params) == 0:
+        state.stopped = "Levenberg–Marquardt: nothing to refine"
+        return state
+    denominator = problem.denominator
+    chunk = problem.chunk_size(settings.chunk_frames)
+    damping, nu = (float(x) for x in (state.opt_state if state.opt_state is not None else initial_state()))
+    while state.epoch < settings.epochs and not state.stopped:
+        begin = time.perf_counter()
+        normal, gradient, chi2 = normal_equations(state.params, problem, layout, chunk, block)
+        if not (math.isfinite(chi2) and np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient))):
+            raise FloatingPointError(f"non-finite χ² or Jacobian at iteration {state.epoch}")
+        vector = np.asarray(layout.to_vector(state.params))
+        scaling = marquardt_scaling(normal)
+        trials, accepted = 0, None
+        while trials < 12:
+            trials += 1
+            delta = damped_step(normal, gradient, damping, scaling)
+            # χ²(δ) ≈ χ² + 2gᵀδ + δᵀAδ, so the predicted decrease is δᵀ(λDδ − g)
+            predicted = float(delta @ (damping * scaling * delta - gradient))
+            candidate = project(layout.from_vector(jnp.asarray(vector + delta), state.params), problem.crystal,
+                                settings.u_min)
+            new = total_chi2(candidate, problem, chunk)
+            gain = (chi2 - new) / predicted if predicted > 0 else -1.0
+            if math.isfinite(new) and new < chi2 and gain > 0:
+                damping *= max(1 / 3, 1 - (2 * gain - 1) ** 3)
+                nu = 2.0
+                accepted = (candidate, new)
+                break
+            damping *= nu
+            nu *= 2.0
+        state.epoch += 1
+        if accepted is None:
+            state.stopped = (f"Levenberg–Marquardt converged at iteration {state.epoch}: no step lowers χ² "
+                             f"(λ = {damping:.3g})")
+            loss = chi2 / denominator
+            params = state.params
+        else:
+            params, new = accepted
+            loss = new / denominator
+            if (chi2 - new) <= 1e-10 * chi2:
+                state.stopped = f"Levenberg–Marquardt converged at iteration {state.epoch}: Δχ²/χ² < 1e-10"
+        state.params, state.opt_state = params, (jnp.asarray(damping), jnp.asarray(nu))
+        record = {"epoch": state.epoch, "loss": loss, "seconds": time.perf_counter() - begin, "lambda": damping,
+                  "trials": trials}
+        close(state, record, loss, params, state.epoch, settings, on_epoch)
+    if state.best_params is not None:
+        state.params = state.best_params
+    return state

@@ -1,0 +1,110 @@
+"""Levenberg–Marquardt over every refined group: layout, normal equations, convergence
+(resume equals uninterrupted: tests/test_refine.py)."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import equinox as eqx
+
+from edrefine.cif import read_crystal
+from edrefine.crystal import coordinate_rmsd, perturb
+from edrefine.least_squares import Layout, chunk_chi2_only, damped_step, marquardt_scaling, normal_equations
+from edrefine.optimise import build_parameters
+from edrefine.refine import build_problem, refine
+from edrefine.refine_settings import RefinementSettings
+from edrefine.settings import CalculationSettings
+from edrefine.simulation import simulate_dataset, synthetic_template
+from edrefine.thickness import Constant
+
+QUARTZ = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quartz.cif"
+CALC = CalculationSettings(gmax=1.6, sgmax=0.01, tilts=3, tilt_rule="gauss")
+ALL = ("positions", "adp", "orientation", "thickness")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return read_crystal(QUARTZ)
+
+
+@pytest.fixture(scope="module")
+def data(truth):
+    # 14-25 reflections per frame: enough to fix three orientation corrections and a thickness per frame
+    template = synthetic_template(truth.cell, alpha_range=(-24.0, 24.0), step=6.0, half_width=1.0, seed=3,
+                                  rotation_axis_position=10.0)
+    return simulate_dataset(truth, template, Constant(300.0), counts=1e5, noise=False, g_max=1.6, sg_max=0.01,
+                            tilts=3, tilt_rule="gauss")
+
+
+@pytest.fixture(scope="module")
+def problem_and_params(truth, data):
+    start = perturb(truth, jax.random.key(5), 0.03)
+    problem = build_problem(start, [data], CALC)
+    settings = RefinementSettings(thickness_model="perframe", refine=ALL)
+    params = build_parameters(problem, settings, None)
+    orientation = params.datasets[0].orientation + 1e-4 * jnp.arange(params.datasets[0].orientation.size).reshape(-1, 3)
+    params = eqx.tree_at(lambda p: p.datasets[0].orientation, params, orientation)
+    return problem, params
+
+
+def test_the_vector_holds_exactly_the_free_entries_of_the_refined_groups(problem_and_params, data):
+    problem, params = problem_and_params
+    layout = Layout.of(params, problem.crystal, ALL)
+    frames = problem.datasets[0].frames.count
+    # quartz: Si x, O xyz free; U_iso of both sites; 3 orientation corrections and one thickness per frame
+    assert layout.size(params) == 4 + 2 + 3 * frames + frames
+    vector = layout.to_vector(params)
+    back = layout.from_vector(vector, params)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert Layout.of(params, problem.crystal, ("positions",)).size(params) == 4
+
+
+def _chi2(vector, params, layout, problem):
+    p = layout.from_vector(vector, params)
+    total = 0.0
+    for _, frames in problem.datasets[0].frames.chunks(np.arange(problem.datasets[0].frames.count), 64):
+        total = total + chunk_chi2_only(p, 0, frames, problem.crystal, problem.context, problem.datasets[0].constants)
+    return total
+
+
+def test_normal_equations_agree_with_reverse_mode_and_finite_differences(problem_and_params):
+    problem, params = problem_and_params
+    layout = Layout.of(params, problem.crystal, ALL)
+    normal, gradient, chi2 = normal_equations(params, problem, layout, chunk=4, block=7)
+    vector = layout.to_vector(params)
+    value, reverse = jax.value_and_grad(_chi2)(vector, params, layout, problem)
+    np.testing.assert_allclose(chi2, float(value), rtol=1e-12)
+    np.testing.assert_allclose(2 * gradient, np.asarray(reverse), rtol=1e-7, atol=1e-9 * np.max(np.abs(reverse)))
+    # χ² is quadratic to first order in J: χ²(v ± h e_i) − 2χ²(v) + … ≈ 2 h² (JᵀJ)_ii for small residuals
+    assert np.all(np.linalg.eigvalsh(normal) > -1e-9 * np.max(np.diag(normal)))
+    for i in (0, 4, 6, layout.size(params) - 1):
+        h = 1e-6 * max(1.0, abs(float(vector[i])))
+        e = jnp.zeros_like(vector).at[i].set(h)
+        fd = (float(_chi2(vector + e, params, layout, problem)) - float(_chi2(vector - e, params, layout, problem))) / (2 * h)
+        np.testing.assert_allclose(2 * gradient[i], fd, rtol=2e-5, atol=1e-8 * np.max(np.abs(gradient)))
+
+
+def test_a_damped_step_goes_from_gauss_newton_to_steepest_descent():
+    rng = np.random.default_rng(0)
+    jacobian = rng.normal(size=(30, 4))
+    normal, gradient = jacobian.T @ jacobian, jacobian.T @ rng.normal(size=30)
+    scaling = marquardt_scaling(normal)
+    np.testing.assert_allclose(damped_step(normal, gradient, 0.0, scaling), -np.linalg.solve(normal, gradient))
+    large = damped_step(normal, gradient, 1e8, scaling)
+    np.testing.assert_allclose(large * 1e8, -gradient / scaling, rtol=1e-6)
+
+
+def test_levenberg_marquardt_refines_structure_orientations_and_thickness_together(truth, data):
+    start = perturb(truth, jax.random.key(6), 0.04)
+    settings = RefinementSettings(thickness_model="perframe", optimiser="lm", epochs=12, refine=ALL,
+                                  report_every=100, thickness_start="dataset")
+    result = refine(start, [data], CALC, settings)
+    assert float(coordinate_rmsd(result.crystal, truth)) < 1e-4
+    assert result.metrics["wR_all"] < 1e-3 * result.metrics["start"]["wR_all"]
+    np.testing.assert_allclose([f["thickness_mean"] for f in result.frames], 300.0, rtol=0.01)
+    losses = [h["loss"] for h in result.history]
+    assert all(b <= a * (1 + 1e-9) + 1e-24 for a, b in zip(losses, losses[1:]))  # rounding once χ² ≈ 0
+    assert all("lambda" in h for h in result.history)
