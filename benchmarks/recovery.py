@@ -144,13 +144,13 @@ def main() -> None:
     parser.add_argument("--tilts", type=int, default=12)
     parser.add_argument("--perturbations", default="0.08,0.16,0.3", help="starting RMS displacements [Å]")
     parser.add_argument("--quick", action="store_true",
-                        help="wedge and bimodal truths, perframe and neural models, 0.16 Å, 25 frames, 80 epochs, g_max 1.4")
+                        help="wedge and bimodal truths, perframe and neural models, 0.16 Å, 41 frames, 150 epochs")
     parser.add_argument("--malik", choices=["quartz", "cspbbr3"], default=None)
     parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for recovery.json and the figure")
     args = parser.parse_args()
     if args.quick:
         args.truths, args.models, args.perturbations = "wedge,bimodal", "perframe,neural", "0.16"
-        args.frames, args.epochs, args.gmax = 25, 80, 1.4
+        args.frames, args.epochs = 41, 150
 
     import jax
 

@@ -51,18 +51,30 @@ def test_error_falls_as_strong_beams_grow(orientation):
 
 
 def test_one_strong_beam_gives_the_kinematical_amplitudes():
-    # Two beams, A' = [[0, u], [u*, d]]: first order in u/d, ψ_0 = e^{−ia|u|²/d} (the folded
-    # diagonal) and ψ_1 = −(u*/d)(ψ_0 − e^{iad}), the kinematical amplitude when |u|²a/d ≪ 1.
+    # Two beams, A' = [[0, u], [u*, d]]: with only the incident beam strong, ψ_0 = 1 and
+    # ψ_1 = (u*/d)(e^{iad} − 1), the first Born amplitude, |ψ_1|² = |u|² sin²(ad/2)/(d/2)².
     u, d = 0.002 + 0.001j, 0.3
     matrix = jnp.array([[0.0, u], [np.conj(u), d]])
     phase = jnp.array([10.0, 40.0])
     psi = bethe.reduced_propagate(matrix, phase, jnp.array([0.0, 1.0]), jnp.array([True, True]), 1)
     a = np.asarray(phase)
-    np.testing.assert_allclose(np.asarray(psi[:, 0]), np.exp(-1j * a * abs(u) ** 2 / d), rtol=1e-12)
-    expected = -(np.conj(u) / d) * (np.exp(-1j * a * abs(u) ** 2 / d) - np.exp(1j * a * d))
+    np.testing.assert_allclose(np.asarray(psi[:, 0]), 1.0, rtol=1e-12)
+    expected = (np.conj(u) / d) * (np.exp(1j * a * d) - 1.0)
     np.testing.assert_allclose(np.asarray(psi[:, 1]), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(np.asarray(psi[:, 1])) ** 2, abs(u) ** 2 * np.sin(a * d / 2) ** 2 / (d / 2) ** 2,
+                               rtol=1e-12)
     exact = bloch.propagate(matrix, phase)
     np.testing.assert_allclose(np.asarray(psi[:, 1]), np.asarray(exact[:, 1]), rtol=0.05)
+
+
+def test_the_kinematical_model_stays_finite_at_the_bragg_condition():
+    # a second weak beam exactly at its Bragg condition: the kinematical amplitude grows as u·a
+    u = 0.002
+    matrix = jnp.array([[0.0, u, u], [u, 0.3, 0.0], [u, 0.0, 1e-9]])
+    phase = jnp.array([10.0, 40.0])
+    psi = bethe.reduced_propagate(matrix, phase, jnp.array([0.0, 1.0, 1e-9]), jnp.array([True, True, True]), 1)
+    np.testing.assert_allclose(np.abs(np.asarray(psi[:, 0])), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(np.asarray(psi[:, 2])), u * np.asarray(phase), rtol=1e-6)
 
 
 def test_padded_beams_stay_dark_and_the_strong_set_starts_with_the_incident_beam(orientation):

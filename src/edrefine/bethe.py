@@ -9,8 +9,11 @@ A'_ws / A'_ww (Bethe 1928; Zuo & Weickenmeier 1995):
     A_eff = A'_ss − A'_sw diag(1/A'_ww) A'_ws                 (strong beams, N_s × N_s),
     ψ_w(a) = −[Σ_s A'_ws ψ_s(a) − A'_w0 exp(i a A'_ww)] / A'_ww    (weak beams),
 
-the second term being the weak beam's own Bloch wave that makes ψ_w(0) = 0 (with only the
-incident beam strong, ψ_w is the kinematical amplitude). Weak–weak couplings are dropped. The
+the second term being the weak beam's own Bloch wave that makes ψ_w(0) = 0. Weak–weak couplings
+are dropped. With only the incident beam strong (N_s = 1) the fold is left out as well, since its
+second-order phase |A'_0w|²/A'_ww diverges for any beam near its Bragg condition: ψ_0 = 1 and
+ψ_w = A'_w0 (exp(i a A'_ww) − 1) / A'_ww, the kinematical (first Born) amplitude with the
+rocking curve of a crystal of that thickness. That is the program's kinematical model. The
 cost is one N_s × N_s eigendecomposition plus N_s² (N − N_s) for the correction, instead of an
 N × N eigendecomposition. The strong set is chosen per orientation inside ``jit`` (a sort of
 |S_g|), so it follows the tilt; the choice is piecewise constant, its derivative zero.
@@ -103,7 +106,11 @@ def _fold_and_propagate(a_ss, a_ws, d_w, s, w, beam_mask, phase, absorptive):
     mask_s, mask_w = beam_mask[s], beam_mask[w]
     a_ws = jnp.where(mask_w[:, None] & mask_s[None, :], a_ws, 0.0)
     d_w = jnp.where(mask_w, d_w, 1.0)
-    correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
+    if s.shape[0] == 1:
+        # kinematical limit: folding near-Bragg weak beams into the incident one diverges as S_w → 0
+        correction = jnp.zeros_like(a_ss)
+    else:
+        correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
     reduced = jnp.where(mask_s[:, None] & mask_s[None, :], a_ss - correction, 0.0)
     reduced = reduced + jnp.diag(bloch._padding_diagonal(reduced, mask_s))
     psi_s = bloch.propagate(reduced, phase, absorption=absorptive)
