@@ -10,7 +10,7 @@ go to ``DIR/recovery.json`` and the learned-against-true thickness plots to
 ``DIR/recovery_thickness.png``.
 
     python benchmarks/recovery.py --structure quartz [--truths constant,plate,wedge,bimodal] \
-        [--models constant,perframe,plate,neural] [--perturbations 0.08,0.16,0.3] [--epochs 150] \
+        [--models constant,perframe,plate,neural,neural-grid] [--perturbations 0.08,0.16,0.3] [--epochs 150] \
         [--frames 41] [--out DIR]
     python benchmarks/recovery.py --quick --out DIR    # wedge and bimodal, perframe and neural, 0.16 Å
     python benchmarks/recovery.py --malik quartz    # start *_02_displacement.cif vs *_paper_data
@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structure", default="quartz", choices=["quartz", "cspbbr3"])
     parser.add_argument("--truths", default="constant,plate,wedge,bimodal")
-    parser.add_argument("--models", default="constant,perframe,plate,neural")
+    parser.add_argument("--models", default="constant,perframe,plate,neural,neural-grid")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--frames", type=int, default=41)
     parser.add_argument("--step", type=float, default=2.0)
