@@ -11,7 +11,8 @@ import equinox as eqx
 
 from edrefine.cif import read_crystal
 from edrefine.crystal import coordinate_rmsd, perturb
-from edrefine.least_squares import Layout, chunk_chi2_only, damped_step, marquardt_scaling, normal_equations
+from edrefine.least_squares import Layout, damped_step, marquardt_scaling, normal_equations
+from edrefine.objective import chunk_chi2
 from edrefine.optimise import build_parameters
 from edrefine.refine import build_problem, refine
 from edrefine.refine_settings import RefinementSettings
@@ -66,7 +67,7 @@ def _chi2(vector, params, layout, problem):
     p = layout.from_vector(vector, params)
     total = 0.0
     for _, frames in problem.datasets[0].frames.chunks(np.arange(problem.datasets[0].frames.count), 64):
-        total = total + chunk_chi2_only(p, 0, frames, problem.crystal, problem.context, problem.datasets[0].constants)
+        total = total + chunk_chi2(p, 0, frames, problem.crystal, problem.context, problem.datasets[0].constants, False)
     return total
 
 

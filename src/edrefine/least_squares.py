@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .loss import Problem, StructuralIndex
+from .loss import Problem, StructuralIndex, weighted_residuals
 from .objective import evaluate_frames
+from .optimise import _close_epoch, batch_denominator, evaluate_loss
 from .parameters import RefinementParameters, group_labels, project
 from .restraints import restraint_residuals
 
@@ -88,8 +89,7 @@ def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, cryst
     def residuals(v):
         p = layout.from_vector(v, params)
         e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
-        mask = frames.refl_mask & frames.frame_mask[:, None]
-        return jnp.where(mask, jnp.sqrt(frames.weight) * (frames.fo - e.fc), 0.0).reshape(-1)
+        return weighted_residuals(e.fc, frames)
 
     r, tangent = jax.linearize(residuals, vector)
     n = vector.shape[0]
@@ -107,13 +107,6 @@ def restraint_normal_equations(vector, params, layout: Layout, crystal, restrain
     r = residuals(vector)
     j = jax.jacfwd(residuals)(vector)
     return j.T @ j, j.T @ r, r @ r
-
-
-@eqx.filter_jit
-def chunk_chi2_only(params, d: int, frames, crystal, context, constants):
-    e = evaluate_frames(params.sites, params.absorption, params.datasets[d], frames, crystal, context, constants,
-                        remat=False)
-    return jnp.sum(e.chi2)
 
 
 def normal_equations(params: RefinementParameters, problem: Problem, layout: Layout, chunk: int, block: int):
@@ -138,10 +131,8 @@ def normal_equations(params: RefinementParameters, problem: Problem, layout: Lay
 
 def total_chi2(params: RefinementParameters, problem: Problem, chunk: int) -> float:
     """χ² over every frame and the restraints (forward only)."""
-    chi2 = 0.0
-    for d, dataset in enumerate(problem.datasets):
-        for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
-            chi2 += float(chunk_chi2_only(params, d, frames, problem.crystal, problem.context, dataset.constants))
+    rows = [np.arange(dataset.frames.count) for dataset in problem.datasets]
+    chi2 = evaluate_loss(params, problem, rows, chunk) * batch_denominator(problem, rows)
     if problem.restraints is not None:
         r = restraint_residuals(problem.crystal.with_params(params.sites), problem.restraints)
         chi2 += float(jnp.sum(r**2))
@@ -168,16 +159,12 @@ def initial_state() -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(1e-3), jnp.asarray(2.0)
 
 
-def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | None = None, block: int = 32,
-                      close_epoch: Callable | None = None):
+def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | None = None, block: int = 32):
     """Levenberg–Marquardt iterations from ``state.epoch`` to ``settings.epochs`` (or convergence).
 
     Each iteration is one record in the history (loss after the step, λ, trial solves); the
     state's ``opt_state`` holds (λ, ν) so that a checkpointed run resumes where it stopped.
     """
-    from .optimise import _close_epoch
-
-    close = close_epoch or _close_epoch
     layout = Layout.of(state.params, problem.crystal, settings.refine)
     if layout.size(state.params) == 0:
         state.stopped = "Levenberg–Marquardt: nothing to refine"
@@ -223,7 +210,7 @@ def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | No
         state.params, state.opt_state = params, (jnp.asarray(damping), jnp.asarray(nu))
         record = {"epoch": state.epoch, "loss": loss, "seconds": time.perf_counter() - begin, "lambda": damping,
                   "trials": trials}
-        close(state, record, loss, params, state.epoch, settings, on_epoch)
+        _close_epoch(state, record, loss, params, state.epoch, settings, on_epoch)
     if state.best_params is not None:
         state.params = state.best_params
     return state

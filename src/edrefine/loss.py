@@ -109,6 +109,12 @@ class StructuralIndex(eqx.Module):
         return SiteParameters(position, u, occupancy)
 
 
+def weighted_residuals(fc: jax.Array, frames) -> jax.Array:
+    """√w (|Fo| − k|Fc|) of every reflection slot of a chunk, flattened (0 on padding)."""
+    mask = frames.refl_mask & frames.frame_mask[:, None]
+    return jnp.where(mask, jnp.sqrt(frames.weight) * (frames.fo - fc), 0.0).reshape(-1)
+
+
 def residual_vector(vector, params: RefinementParameters, index: StructuralIndex, problem: Problem) -> jax.Array:
     """r = √w (|Fo| − k|Fc|) over every reflection slot (0 on padding), then the restraints."""
     sites = index.from_vector(vector, params.sites)
@@ -117,9 +123,7 @@ def residual_vector(vector, params: RefinementParameters, index: StructuralIndex
         frames = jax.tree_util.tree_map(jnp.asarray, dataset.frames)
         evaluation = evaluate_frames(sites, params.absorption, params.datasets[d], frames, problem.crystal,
                                      problem.context, dataset.constants, problem.remat)
-        mask = frames.refl_mask & frames.frame_mask[:, None]
-        r = jnp.where(mask, jnp.sqrt(frames.weight) * (frames.fo - evaluation.fc), 0.0)
-        parts.append(r.reshape(-1))
+        parts.append(weighted_residuals(evaluation.fc, frames))
     if problem.restraints is not None:
         parts.append(restraint_residuals(problem.crystal.with_params(sites), problem.restraints))
     return jnp.concatenate(parts)

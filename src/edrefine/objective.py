@@ -30,6 +30,7 @@ from jaxtyping import Array, Float
 
 from .crystal import Crystal
 from .diffraction import crystal_potential
+from .errors import InputError
 from .frames import axis_rotation
 from .learned_thickness import FrameFeatures
 from .measurement import orientation_intensities, rotation_orientations
@@ -203,8 +204,6 @@ def frame_mesh(devices: int) -> Mesh | None:
     """A one-axis mesh of the first ``devices`` JAX devices (None for one device); InputError if
     fewer are available (on a CPU host, start with ``edrefine --devices N`` or set
     ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts)."""
-    from .errors import InputError
-
     if devices <= 1:
         return None
     if jax.process_count() > 1:
