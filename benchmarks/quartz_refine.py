@@ -8,7 +8,11 @@ evaluated again with the published 42 tilts, and both are printed, with the coor
 against ``enantiomer_1.cif`` in units of the refined s.u.s. Published: R_obs 4.12 % (mean of
 frames, elastic), the published code 5.17 % in 5 minutes on this CPU.
 
-    python benchmarks/quartz_refine.py [--tilts 21] [--epochs 60] [--absorption 0.05] [--kinematic] [--invert] [--out DIR]
+    python benchmarks/quartz_refine.py --tilts 42 --out DIR      # the default recipe, published settings
+    python benchmarks/quartz_refine.py [--tilts 21] [--epochs N] [--thickness-model M] [--absorption 0.05] \
+        [--kinematic] [--invert] [--out DIR]
+
+Refinement settings not given are the defaults of :class:`edrefine.RefinementSettings`.
 
 Not collected by pytest. Needs ../shared/data.
 """
@@ -29,10 +33,10 @@ DATA = ROOT / ".." / "shared" / "data" / "quartz"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tilts", type=int, default=21)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--thickness-model", default="neural")
-    parser.add_argument("--thickness-start", default="auto")
-    parser.add_argument("--polish-steps", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the refinement default")
+    parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
+    parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
+    parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
     parser.add_argument("--absorption", type=float, default=None,
                         help="refine absorption κ from this start (default: elastic)")
     parser.add_argument("--kinematic", action="store_true",
@@ -59,8 +63,9 @@ def main() -> None:
     published["strong_beams"] = 1 if args.kinematic else 0
     calculation = CalculationSettings(tilts=args.tilts, absorption=args.absorption, **published)
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
-    settings = RefinementSettings(epochs=args.epochs, thickness_model=args.thickness_model, report_every=10,
-                                  thickness_start=args.thickness_start, polish_steps=args.polish_steps, refine=groups)
+    chosen = dict(epochs=args.epochs, thickness_model=args.thickness_model, thickness_start=args.thickness_start,
+                  polish_steps=args.polish_steps)
+    settings = RefinementSettings(report_every=10, refine=groups, **{k: v for k, v in chosen.items() if v is not None})
     begin = time.perf_counter()
 
     def on_epoch(state, record):
@@ -77,8 +82,9 @@ def main() -> None:
     su = np.asarray(result.uncertainties.positions)
     in_su = np.where(np.isfinite(su) & (su > 0), np.abs(shift) / np.where(su > 0, su, 1), np.nan)
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
-               else float(result.params.absorption), "epochs": args.epochs, "seconds": seconds,
-               "thickness_model": args.thickness_model, "thickness_start": args.thickness_start,
+               else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
+               "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
+               "polish_steps": settings.polish_steps,
                "start": {k: result.metrics["start"][k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined": {k: result.metrics[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined_at_42_tilts": {k: at42[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all")},

@@ -28,6 +28,19 @@ def test_distributions_are_normalised_and_inside_the_bounds(kind):
     np.testing.assert_allclose(mean, expected, rtol=0.03)
 
 
+def test_the_thickness_grid_spans_the_starting_thicknesses_within_the_bounds():
+    start = np.linspace(200.0, 800.0, ALPHA.size)
+    grid = make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0)).grid
+    np.testing.assert_allclose([grid[0], grid[-1]], [200.0 / 2.5, 1500.0])  # 800 · 2.5 clipped to the bound
+    assert len(grid) == 24 and np.all(np.diff(grid) > 0)
+    narrow = make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0), grid_span=1.5).grid
+    np.testing.assert_allclose([narrow[0], narrow[-1]], [200.0 / 1.5, 1200.0])
+    whole = make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0), grid_span=None).grid
+    np.testing.assert_allclose([whole[0], whole[-1]], [BOUNDS.t_min, BOUNDS.t_max])
+    with pytest.raises(InputError, match="grid_span"):
+        make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0), grid_span=0.5)
+
+
 def test_bounds_hold_for_any_raw_value_and_invert():
     raw = jnp.array([-1e3, -3.0, 0.0, 3.0, 1e3])
     t = BOUNDS.to_thickness(raw)

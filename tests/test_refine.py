@@ -95,6 +95,8 @@ def test_settings_reject_impossible_values():
         refinement_settings({"epoch": 3}, {})
     with pytest.raises(InputError, match="learning_rates"):
         refinement_settings({}, {"learning_rates": {"positions": -1.0}})
+    with pytest.raises(InputError, match="grid_span"):
+        refinement_settings({"grid_span": 1.0}, {})
 
 
 def test_a_step_with_non_finite_values_is_rolled_back_and_the_step_size_halved(truth, data):

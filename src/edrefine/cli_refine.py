@@ -85,7 +85,9 @@ def refine(
     dsg: Annotated[Optional[float], DSG] = None,
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
     absorption: Annotated[Optional[float], typer.Option(help="Start κ of U' = κU and refine it (default: elastic).")] = None,
-    thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (default) or neural-grid.")] = None,
+    thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (Gaussian per frame) or neural-grid (weights over a thickness grid, the default).")] = None,
+    grid_nodes: Annotated[Optional[int], typer.Option(help="Thickness grid nodes of neural-grid (default 24).")] = None,
+    grid_span: Annotated[Optional[float], typer.Option(help="neural-grid nodes span [min start / SPAN, max start × SPAN] of the starting thicknesses (default 2.5).")] = None,
     thickness_min: Annotated[Optional[float], typer.Option(help="Lower thickness bound [Å] (default 50).")] = None,
     thickness_max: Annotated[Optional[float], typer.Option(help="Upper thickness bound [Å] (default 2500).")] = None,
     thickness_start: Annotated[Optional[str], typer.Option(help="Starting thickness search: auto (default), dataset or frame.")] = None,
@@ -120,7 +122,7 @@ def refine(
                                    strong_beams=strong_beams,
                                    form_factors=form_factors, absorption=absorption)
     table, restraints = read_refinement_table(config)
-    flags = dict(thickness_model=thickness_model, thickness_min=thickness_min, thickness_max=thickness_max,
+    flags = dict(thickness_model=thickness_model, grid_nodes=grid_nodes, grid_span=grid_span, thickness_min=thickness_min, thickness_max=thickness_max,
                  thickness_start=thickness_start,
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,

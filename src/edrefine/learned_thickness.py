@@ -170,13 +170,16 @@ def make_thickness_model(
     width: int = 32,
     depth: int = 2,
     grid_nodes: int = 24,
+    grid_span: float | None = 2.5,
     width_max: float | None = None,
 ) -> ThicknessModel:
     """A thickness model of ``kind`` (one of :data:`MODEL_KINDS`) starting near ``initial`` [Å].
 
     ``initial`` gives a thickness per frame (e.g. from a thickness search); the constant and
     plate models start from its median, the per-frame model from each value, and the neural
-    models are pretrained to it with :func:`fit_thickness_model`.
+    models are pretrained to it with :func:`fit_thickness_model`. The neural-grid model's
+    ``grid_nodes`` thicknesses are evenly spaced over [min(initial) / grid_span,
+    max(initial) · grid_span] within the bounds (``grid_span`` None: over the whole bounds).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     initial = np.clip(np.asarray(initial, dtype=np.float64), bounds.t_min, bounds.t_max)
@@ -190,7 +193,11 @@ def make_thickness_model(
     if kind not in ("neural", "neural-grid"):
         raise InputError(f"unknown thickness model {kind!r} ({', '.join(MODEL_KINDS)})", source="thickness_model")
     grid_form = kind == "neural-grid"
-    grid = tuple(float(t) for t in np.linspace(bounds.t_min, bounds.t_max, grid_nodes)) if grid_form else ()
+    if grid_span is not None and not grid_span > 1:
+        raise InputError(f"must be > 1, got {grid_span}", source="grid_span")
+    low, high = ((bounds.t_min, bounds.t_max) if grid_span is None else
+                 (max(bounds.t_min, float(initial.min()) / grid_span), min(bounds.t_max, float(initial.max()) * grid_span)))
+    grid = tuple(float(t) for t in np.linspace(low, high, grid_nodes)) if grid_form else ()
     mlp = eqx.nn.MLP(3, grid_nodes if grid_form else 2, width, depth, activation=jax.nn.tanh, key=key)
     half_range = max(0.5 * float(alpha.max() - alpha.min()), 1.0)
     model = NeuralThickness(mlp, bounds, float(0.5 * (alpha.max() + alpha.min())), half_range,

@@ -23,7 +23,7 @@ DEFAULT_LEARNING_RATES = {
     "adp": 5e-4,
     "occupancy": 0.02,
     "absorption": 0.05,
-    "orientation": 5e-4,
+    "orientation": 1e-4,
     "thickness": 0.01,
 }
 """Adam step sizes (roughly the largest change per step): fractional coordinates, U [Å²],
@@ -35,7 +35,8 @@ class RefinementSettings:
     """How to refine.
 
     Attributes:
-        thickness_model: constant, perframe, plate, neural (Gaussian per frame) or neural-grid.
+        thickness_model: constant, perframe, plate, neural (Gaussian per frame) or neural-grid
+            (weights over a thickness grid per frame, the default).
         thickness_min, thickness_max: bounds of every thickness model [Å].
         thickness_start: dataset, frame or auto: the starting thickness from a dataset-wide or a
             per-frame search (:func:`edrefine.optimise.initial_thickness`).
@@ -56,6 +57,8 @@ class RefinementSettings:
         u_min: lower bound of U eigenvalues [Å²]; u_reset: start every site isotropic at this
             U_iso [Å²] (None: keep the starting model's ADPs).
         nn_width, nn_depth, grid_nodes: neural thickness model size; grid nodes for neural-grid.
+        grid_span: the neural-grid nodes span [min start / grid_span, max start × grid_span] of the
+            starting thicknesses, within the bounds (None: the whole bounds).
         checkpoint_every: epochs between checkpoints.
         report_every: epochs between full R evaluations in the history.
         memory_limit: largest estimated peak memory of a forward+gradient pass [GB] before the
@@ -66,7 +69,7 @@ class RefinementSettings:
             limit; fewer tilts at a time need less memory and give the same result).
     """
 
-    thickness_model: str = "neural"
+    thickness_model: str = "neural-grid"
     thickness_min: float = 50.0
     thickness_max: float = 2500.0
     thickness_start: str = "auto"
@@ -87,6 +90,7 @@ class RefinementSettings:
     nn_width: int = 32
     nn_depth: int = 2
     grid_nodes: int = 24
+    grid_span: float | None = 2.5
     checkpoint_every: int = 5
     report_every: int = 10
     memory_limit: float | None = None
@@ -124,6 +128,8 @@ class RefinementSettings:
                 raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
                 raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
+        if self.grid_span is not None and not (math.isfinite(self.grid_span) and self.grid_span > 1):
+            raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
             raise InputError(f"must be a positive integer, got {self.tilt_chunk!r}", source="tilt_chunk")
         if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
