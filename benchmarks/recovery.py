@@ -5,8 +5,9 @@ continuous-rotation geometry with Poisson noise; the structure is displaced by e
 ``--perturbations`` Å RMS within its site-symmetry subspaces and every U reset to 0.01 Å²
 (isotropic); it is refined with each thickness model. Printed per case: coordinate RMSD,
 largest relative U_iso error, mean relative error of the per-frame mean thickness, wR(all),
-wR(all) of the true model against the same noisy data (the noise floor), time. With ``--out DIR`` the rows (with every frame's learned and true thickness distribution)
-go to ``DIR/recovery.json`` and the learned-against-true thickness plots to
+wR(all) of the true model against the same noisy data (the noise floor), time. With
+``--out DIR`` the rows (with every frame's learned and true thickness distribution) go to
+``DIR/recovery.json`` and the learned-against-true thickness plots to
 ``DIR/recovery_thickness.png``.
 
     python benchmarks/recovery.py --structure quartz [--truths constant,plate,wedge,bimodal] \
@@ -49,18 +50,12 @@ def structure(name: str):
 def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
     import jax
 
-    from edrefine import CalculationSettings, RefinementSettings, refine, simulate_dataset, synthetic_template
+    from edrefine import CalculationSettings, RefinementSettings, refine
     from edrefine.crystal import coordinate_rmsd, perturb
-    from edrefine.thickness import mean_thickness, parse_thickness_model
+    from edrefine.thickness import mean_thickness
 
     calculation = CalculationSettings(gmax=args.gmax, sgmax=0.01, tilts=5, tilt_rule="gauss")
-    span = args.step * (args.frames - 1) / 2
-    template = synthetic_template(truth.cell, alpha_range=(-span, span), step=args.step, half_width=0.5, seed=1,
-                                  rotation_axis_position=15.0)
-    thickness = parse_thickness_model(TRUTHS[truth_name])
-    data = simulate_dataset(truth, template, thickness, counts=1e5, seed=0, g_max=args.gmax, sg_max=0.01, tilts=5,
-                            tilt_rule="gauss")
-    floor = noise_floor(truth, template, thickness, data, args.gmax)
+    data, thickness, floor = simulated(truth, truth_name, args.gmax, args.step, args.frames)
     start = perturb(truth, jax.random.key(1), perturbation)
     begin = time.perf_counter()
     result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, thickness_model=model,
@@ -83,28 +78,43 @@ def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
                        "true_weights": np.asarray(true_weights)[ids].tolist()}}
 
 
-def noise_floor(truth, template, thickness, data, gmax: float) -> float:
-    """wR(all) of the true model against the noisy data: the best wR a refinement can reach.
+_SIMULATED: dict = {}
 
-    The expected intensities (``noise=False``, same selection) are matched to the observed
-    reflections by frame and hkl; one scale per frame is profiled out as in the refinement."""
-    from edrefine import simulate_dataset
+
+def simulated(truth, truth_name: str, gmax: float, step: float, frames: int):
+    """(data, true thickness model, noise floor) for one truth, simulated once for every model.
+
+    The noise floor is wR(all) of the true model against the noisy data, the best wR a
+    refinement can reach: the expected intensities (``noise=False``, same selection) are
+    matched to the observed reflections by frame and hkl, one scale per frame profiled out as
+    in the refinement."""
+    key = (id(truth), truth_name, gmax, step, frames)
+    if key in _SIMULATED:
+        return _SIMULATED[key]
+    from edrefine import simulate_dataset, synthetic_template
     from edrefine.merit import amplitudes_and_weights, frame_figures, optimal_scale, summarise
+    from edrefine.thickness import parse_thickness_model
 
-    expected = simulate_dataset(truth, template, thickness, counts=1e5, noise=False, g_max=gmax,
-                                sg_max=0.01, tilts=5, tilt_rule="gauss")
+    span = step * (frames - 1) / 2
+    template = synthetic_template(truth.cell, alpha_range=(-span, span), step=step, half_width=0.5, seed=1,
+                                  rotation_axis_position=15.0)
+    thickness = parse_thickness_model(TRUTHS[truth_name])
+    simulation = dict(counts=1e5, g_max=gmax, sg_max=0.01, tilts=5, tilt_rule="gauss")
+    data = simulate_dataset(truth, template, thickness, seed=0, **simulation)
+    expected = simulate_dataset(truth, template, thickness, noise=False, **simulation)
     table = {(int(f), *map(int, h)): i for f, h, i in zip(expected.reflections.frame_id, expected.reflections.hkl,
                                                            expected.reflections.intensity)}
     obs = data.reflections
     ic = np.array([table[(int(f), *map(int, h))] for f, h in zip(obs.frame_id, obs.hkl)])
     fo, w = amplitudes_and_weights(obs.intensity, obs.sigma)
     fc = np.sqrt(ic)
-    frames = []
+    figures = []
     for f in np.unique(obs.frame_id):
         m = obs.frame_id == f
         k = optimal_scale(fo[m], fc[m], w[m])
-        frames.append(frame_figures(fo[m], k * fc[m], w[m], obs.intensity[m] > 3 * obs.sigma[m]))
-    return summarise(frames, 0)["wR_all"]
+        figures.append(frame_figures(fo[m], k * fc[m], w[m], obs.intensity[m] > 3 * obs.sigma[m]))
+    _SIMULATED[key] = data, thickness, summarise(figures, 0)["wR_all"]
+    return _SIMULATED[key]
 
 
 def thickness_figure(rows: list[dict], path: pathlib.Path) -> None:
