@@ -121,6 +121,34 @@ def test_a_step_with_non_finite_values_is_rolled_back_and_the_step_size_halved(t
     assert np.isfinite(adam_step(state, optimiser, problem, [np.arange(problem.datasets[0].frames.count)], settings))
 
 
+def test_orientation_delay_holds_the_orientations_for_its_share_of_the_steps(truth, data):
+    import equinox as eqx
+
+    from edrefine.optimise import build_parameters, make_optimiser
+    from edrefine.refine import build_problem
+
+    settings = RefinementSettings(thickness_model="constant", epochs=10, warmup=2, orientation_delay=0.4)
+    problem = build_problem(truth, [data], CALC)
+    params = build_parameters(problem, settings, None)
+    optimiser = make_optimiser(params, settings, steps=10)
+    arrays = eqx.filter(params, eqx.is_inexact_array)
+    gradient = jax.tree_util.tree_map(lambda a: np.ones_like(a), arrays)
+    opt_state = optimiser.init(arrays)
+    moved = []
+    for _ in range(10):
+        before = params
+        params, opt_state = optimiser.step(gradient, opt_state, params, problem.crystal)
+        moved.append((float(np.max(np.abs(params.datasets[0].orientation - before.datasets[0].orientation))),
+                      float(np.max(np.abs(params.sites.position_free - before.sites.position_free)))))
+    orientation, positions = np.array(moved).T
+    assert np.all(orientation[:4] == 0) and np.all(orientation[4:] > 0)
+    assert np.all(positions > 0)
+    # after the delay the orientation warms up from a tenth of its step like every group at the start
+    np.testing.assert_allclose(orientation[4] / orientation[5], positions[0] / positions[1], rtol=0.2)
+    with pytest.raises(InputError, match="orientation_delay"):
+        RefinementSettings(orientation_delay=1.0)
+
+
 def test_two_datasets_refine_together_each_with_its_own_frames(truth, data):
     start = perturb(truth, jax.random.key(3), 0.03)
     settings = RefinementSettings(thickness_model="perframe", epochs=3, polish_steps=0, report_every=100)

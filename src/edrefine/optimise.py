@@ -127,20 +127,25 @@ def build_parameters(problem: Problem, settings: RefinementSettings, absorption:
 
 def make_optimiser(params: RefinementParameters, settings: RefinementSettings, steps: int):
     """Per-group Adam (frozen groups: zero updates), times an injectable global step factor."""
-    def schedule(rate: float):
-        warmup = min(settings.warmup, max(steps - 1, 0))
-        decay_steps = max(steps - warmup, 1)
+    def schedule(rate: float, delay: int = 0):
+        active = max(steps - delay, 1)
+        warmup = min(settings.warmup, max(active - 1, 0))
+        decay_steps = max(active - warmup, 1)
         if settings.schedule == "constant":
             main = optax.constant_schedule(rate)
         elif settings.schedule == "cosine":
             main = optax.cosine_decay_schedule(rate, decay_steps, alpha=0.01)
         else:
             main = optax.exponential_decay(rate, decay_steps, 0.01)
-        if warmup == 0:
-            return main
-        return optax.join_schedules([optax.linear_schedule(0.1 * rate, rate, warmup), main], [warmup])
+        parts, boundaries = [main], []
+        if warmup > 0:
+            parts, boundaries = [optax.linear_schedule(0.1 * rate, rate, warmup), main], [warmup]
+        if delay > 0:
+            parts, boundaries = [optax.constant_schedule(0.0), *parts], [delay, *(delay + b for b in boundaries)]
+        return parts[0] if len(parts) == 1 else optax.join_schedules(parts, boundaries)
 
-    transforms = {g: (optax.adam(schedule(settings.rate(g))) if g in settings.refine and settings.rate(g) > 0
+    delays = {g: 0 for g in GROUPS} | {"orientation": int(round(settings.orientation_delay * steps))}
+    transforms = {g: (optax.adam(schedule(settings.rate(g), delays[g])) if g in settings.refine and settings.rate(g) > 0
                       else optax.set_to_zero()) for g in GROUPS}
     labels = group_labels(params)
     chain = optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))

@@ -47,6 +47,9 @@ class RefinementSettings:
         learning_rates: Adam step size per group (see :data:`DEFAULT_LEARNING_RATES`).
         schedule: cosine (decay to 1 % at the end), exponential (same end point) or constant.
         warmup: epochs of linear warm-up.
+        orientation_delay: share of the Adam steps before the orientation corrections start to
+            move (then their own warm-up and schedule over the remaining steps), so that early
+            structural misfit is not absorbed by orientations.
         batch_frames: frames per mini-batch (0: the whole dataset each step).
         validation_fraction: share of frames held out (every k-th frame) for early stopping.
         patience: epochs without improvement before stopping (0: never stop early).
@@ -79,6 +82,7 @@ class RefinementSettings:
     learning_rates: tuple[tuple[str, float], ...] = tuple(DEFAULT_LEARNING_RATES.items())
     schedule: str = "cosine"
     warmup: int = 5
+    orientation_delay: float = 0.0
     batch_frames: int = 0
     validation_fraction: float = 0.0
     patience: int = 30
@@ -128,6 +132,8 @@ class RefinementSettings:
                 raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
                 raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
+        if not (isinstance(self.orientation_delay, (int, float)) and 0 <= self.orientation_delay < 1):
+            raise InputError(f"must be in [0, 1), got {self.orientation_delay!r}", source="orientation_delay")
         if self.grid_span is not None and not (math.isfinite(self.grid_span) and self.grid_span > 1):
             raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
