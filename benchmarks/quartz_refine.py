@@ -30,6 +30,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "quartz"
 
 
+def learning_rates(pairs: list[str], parser: argparse.ArgumentParser) -> tuple[tuple[str, float], ...]:
+    """The default Adam steps with the ``GROUP=RATE`` items of ``--learning-rate`` replaced."""
+    from edrefine.refine_settings import DEFAULT_LEARNING_RATES
+
+    rates = dict(DEFAULT_LEARNING_RATES)
+    for item in pairs:
+        group, _, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            parser.error(f"--learning-rate {item}: expected GROUP=RATE")
+        if group not in rates:
+            parser.error(f"--learning-rate {item}: unknown group {group!r} (one of {', '.join(rates)})")
+        rates[group] = rate
+    return tuple(rates.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tilts", type=int, default=21)
@@ -37,6 +54,9 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
+    parser.add_argument("--orientation-delay", type=float, default=None, help="default: the refinement default")
+    parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
+                        help="Adam step of one group, repeatable (default: the refinement defaults)")
     parser.add_argument("--absorption", type=float, default=None,
                         help="refine absorption κ from this start (default: elastic)")
     parser.add_argument("--kinematic", action="store_true",
@@ -64,8 +84,9 @@ def main() -> None:
     calculation = CalculationSettings(tilts=args.tilts, absorption=args.absorption, **published)
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     chosen = dict(epochs=args.epochs, thickness_model=args.thickness_model, thickness_start=args.thickness_start,
-                  polish_steps=args.polish_steps)
-    settings = RefinementSettings(report_every=10, refine=groups, **{k: v for k, v in chosen.items() if v is not None})
+                  polish_steps=args.polish_steps, orientation_delay=args.orientation_delay)
+    settings = RefinementSettings(report_every=10, refine=groups, learning_rates=learning_rates(args.learning_rate, parser),
+                                  **{k: v for k, v in chosen.items() if v is not None})
     begin = time.perf_counter()
 
     def on_epoch(state, record):
@@ -84,7 +105,7 @@ def main() -> None:
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
-               "polish_steps": settings.polish_steps,
+               "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay, "learning_rates": dict(settings.learning_rates),
                "start": {k: result.metrics["start"][k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined": {k: result.metrics[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined_at_42_tilts": {k: at42[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all")},

@@ -13,7 +13,7 @@ wR(all) of the true model against the same noisy data (the noise floor), time. W
     python benchmarks/recovery.py --structure quartz [--truths constant,plate,wedge,bimodal] \
         [--models constant,perframe,plate,neural,neural-grid] [--perturbations 0.08,0.16,0.3] [--epochs 150] \
         [--frames 41] [--out DIR]
-    python benchmarks/recovery.py --quick --out DIR    # wedge and bimodal, perframe and neural, 0.16 Å
+    python benchmarks/recovery.py --quick --out DIR    # plate, wedge, bimodal; perframe, neural, neural-grid; 0.16 Å
     python benchmarks/recovery.py --malik quartz    # start *_02_displacement.cif vs *_paper_data
 
 Structures: quartz (``examples/quartz.cif``), cspbbr3 (``../shared/data/cspbbr3/cspbbr3.cif``
@@ -28,6 +28,7 @@ import pathlib
 import time
 
 import numpy as np
+from quartz_refine import learning_rates
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"
@@ -58,8 +59,9 @@ def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
     data, thickness, floor = simulated(truth, truth_name, args.gmax, args.step, args.frames)
     start = perturb(truth, jax.random.key(1), perturbation)
     begin = time.perf_counter()
-    result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, thickness_model=model,
-                                                                    u_reset=0.01))
+    settings = RefinementSettings(epochs=args.epochs, thickness_model=model, u_reset=0.01, learning_rates=args.rates,
+                                  **args.extra)
+    result = refine(start, [data], calculation, settings)
     ids = np.array([f["id"] for f in result.frames]) - 1
     true_mean = mean_thickness(thickness, data.frames.alpha)[ids]
     learned = np.array([f["thickness_mean"] for f in result.frames])
@@ -161,7 +163,8 @@ def malik(name: str, args) -> dict:
                           u_iso=sites.u_iso if sites.u_iso is not None else np.full(len(sites.label), 0.01))
     calculation = CalculationSettings(gmax=args.gmax, sgmax=0.01, tilts=args.tilts, tilt_rule="gauss")
     begin = time.perf_counter()
-    result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, u_reset=0.01))
+    result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, u_reset=0.01,
+                                                                    learning_rates=args.rates, **args.extra))
     return {"dataset": name, "rmsd_start": float(coordinate_rmsd(start, truth)),
             "rmsd_refined": float(coordinate_rmsd(result.crystal, truth)), "wR_all": result.metrics["wR_all"],
             "R_obs_frame_mean": result.metrics["R_obs_frame_mean"], "seconds": time.perf_counter() - begin}
@@ -179,12 +182,17 @@ def main() -> None:
     parser.add_argument("--tilts", type=int, default=12)
     parser.add_argument("--perturbations", default="0.08,0.16,0.3", help="starting RMS displacements [Å]")
     parser.add_argument("--quick", action="store_true",
-                        help="wedge and bimodal truths, perframe, neural and neural-grid models, 0.16 Å, 41 frames, 150 epochs")
+                        help="plate, wedge and bimodal truths, perframe, neural and neural-grid models, 0.16 Å, 41 frames, 150 epochs")
     parser.add_argument("--malik", choices=["quartz", "cspbbr3"], default=None)
+    parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
+                        help="Adam step of one group, repeatable (default: the refinement defaults)")
+    parser.add_argument("--orientation-delay", type=float, default=None, help="default: the refinement default")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for recovery.json and the figure")
     args = parser.parse_args()
+    args.rates = learning_rates(args.learning_rate, parser)
+    args.extra = {} if args.orientation_delay is None else {"orientation_delay": args.orientation_delay}
     if args.quick:
-        args.truths, args.models, args.perturbations = "wedge,bimodal", "perframe,neural,neural-grid", "0.16"
+        args.truths, args.models, args.perturbations = "plate,wedge,bimodal", "perframe,neural,neural-grid", "0.16"
         args.frames, args.epochs = 41, 150
 
     import jax
@@ -192,6 +200,7 @@ def main() -> None:
     jax.config.update("jax_enable_x64", True)
     if args.malik:
         rows = [malik(args.malik, args)]
+        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[0].items()), flush=True)
     else:
         truth = structure(args.structure)
         rows = []
@@ -203,7 +212,7 @@ def main() -> None:
                                     for k, v in rows[-1].items() if k != "frames"), flush=True)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {k: v for k, v in vars(args).items() if k != "out"}
+        meta = {k: v for k, v in vars(args).items() if k not in ("out", "rates", "extra")} | {"learning_rates": dict(args.rates)}
         (args.out / "recovery.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
         if not args.malik:
             thickness_figure(rows, args.out / "recovery_thickness.png")

@@ -37,7 +37,7 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
             ("quartz_epoch", script("quartz_epoch.py", "--tilts", "14", "--repeats", "1", "--json",
                                     str(out / "quartz_epoch.json"))),
         ]
-    common = ["--tilts", "42", "--epochs", "120", "--thickness-start", "frame", "--polish-steps", "1"]
+    common = ["--tilts", "42"]
     return [
         ("quartz_epoch", script("quartz_epoch.py", "--json", str(out / "quartz_epoch.json"))),
         ("quartz_refine_elastic", script("quartz_refine.py", *common, "--out", str(out / "quartz_refine_elastic"))),
@@ -49,6 +49,8 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
                                           "--out", str(out / "quartz_refine_inverted"))),
         ("quartz_refine_perframe", script("quartz_refine.py", *common, "--thickness-model", "perframe",
                                           "--out", str(out / "quartz_refine_perframe"))),
+        ("quartz_refine_neural", script("quartz_refine.py", *common, "--thickness-model", "neural",
+                                        "--out", str(out / "quartz_refine_neural"))),
         ("scaling", script("scaling.py", "--out", str(out / "scaling"))),
         ("recovery_quartz", script("recovery.py", "--structure", "quartz", "--out", str(out / "recovery_quartz"))),
         ("recovery_cspbbr3", script("recovery.py", "--structure", "cspbbr3", "--perturbations", "0.16",
