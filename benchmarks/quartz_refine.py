@@ -30,21 +30,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "quartz"
 
 
-def learning_rates(pairs: list[str], parser: argparse.ArgumentParser) -> tuple[tuple[str, float], ...]:
-    """The default Adam steps with the ``GROUP=RATE`` items of ``--learning-rate`` replaced."""
-    from edrefine.refine_settings import DEFAULT_LEARNING_RATES
+def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **values):
+    """RefinementSettings: defaults < ``values`` < the ``--orientation-delay`` and
+    ``--learning-rate`` flags given; a bad flag is a one-line usage error."""
+    from edrefine import InputError
+    from edrefine.refine_settings import learning_rate_pairs, refinement_settings
 
-    rates = dict(DEFAULT_LEARNING_RATES)
-    for item in pairs:
-        group, _, value = item.partition("=")
-        try:
-            rate = float(value)
-        except ValueError:
-            parser.error(f"--learning-rate {item}: expected GROUP=RATE")
-        if group not in rates:
-            parser.error(f"--learning-rate {item}: unknown group {group!r} (one of {', '.join(rates)})")
-        rates[group] = rate
-    return tuple(rates.items())
+    try:
+        flags = dict(orientation_delay=args.orientation_delay, learning_rates=learning_rate_pairs(args.learning_rate) or None)
+        return refinement_settings({k: v for k, v in values.items() if v is not None}, flags, source="flags")
+    except InputError as error:
+        parser.error(f"{error.source}: {error.message}")
 
 
 def main() -> None:
@@ -83,10 +79,9 @@ def main() -> None:
     published["strong_beams"] = 1 if args.kinematic else 0
     calculation = CalculationSettings(tilts=args.tilts, absorption=args.absorption, **published)
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
-    chosen = dict(epochs=args.epochs, thickness_model=args.thickness_model, thickness_start=args.thickness_start,
-                  polish_steps=args.polish_steps, orientation_delay=args.orientation_delay)
-    settings = RefinementSettings(report_every=10, refine=groups, learning_rates=learning_rates(args.learning_rate, parser),
-                                  **{k: v for k, v in chosen.items() if v is not None})
+    settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
+                             thickness_model=args.thickness_model, thickness_start=args.thickness_start,
+                             polish_steps=args.polish_steps)
     begin = time.perf_counter()
 
     def on_epoch(state, record):

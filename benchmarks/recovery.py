@@ -28,7 +28,7 @@ import pathlib
 import time
 
 import numpy as np
-from quartz_refine import learning_rates
+from quartz_refine import settings_from
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"
@@ -51,7 +51,7 @@ def structure(name: str):
 def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
     import jax
 
-    from edrefine import CalculationSettings, RefinementSettings, refine
+    from edrefine import CalculationSettings, refine
     from edrefine.crystal import coordinate_rmsd, perturb
     from edrefine.thickness import mean_thickness
 
@@ -59,9 +59,7 @@ def case(truth, truth_name: str, model: str, perturbation: float, args) -> dict:
     data, thickness, floor = simulated(truth, truth_name, args.gmax, args.step, args.frames)
     start = perturb(truth, jax.random.key(1), perturbation)
     begin = time.perf_counter()
-    settings = RefinementSettings(epochs=args.epochs, thickness_model=model, u_reset=0.01, learning_rates=args.rates,
-                                  **args.extra)
-    result = refine(start, [data], calculation, settings)
+    result = refine(start, [data], calculation, args.settings(thickness_model=model))
     ids = np.array([f["id"] for f in result.frames]) - 1
     true_mean = mean_thickness(thickness, data.frames.alpha)[ids]
     learned = np.array([f["thickness_mean"] for f in result.frames])
@@ -152,7 +150,7 @@ def thickness_figure(rows: list[dict], path: pathlib.Path) -> None:
 
 
 def malik(name: str, args) -> dict:
-    from edrefine import CalculationSettings, RefinementSettings, read_crystal, read_pets, refine
+    from edrefine import CalculationSettings, read_crystal, read_pets, refine
     from edrefine.crystal import build_crystal, coordinate_rmsd
 
     folder = SHARED / "malik2026_synthetic" / name
@@ -163,11 +161,15 @@ def malik(name: str, args) -> dict:
                           u_iso=sites.u_iso if sites.u_iso is not None else np.full(len(sites.label), 0.01))
     calculation = CalculationSettings(gmax=args.gmax, sgmax=0.01, tilts=args.tilts, tilt_rule="gauss")
     begin = time.perf_counter()
-    result = refine(start, [data], calculation, RefinementSettings(epochs=args.epochs, u_reset=0.01,
-                                                                    learning_rates=args.rates, **args.extra))
+    result = refine(start, [data], calculation, args.settings())
     return {"dataset": name, "rmsd_start": float(coordinate_rmsd(start, truth)),
             "rmsd_refined": float(coordinate_rmsd(result.crystal, truth)), "wR_all": result.metrics["wR_all"],
             "R_obs_frame_mean": result.metrics["R_obs_frame_mean"], "seconds": time.perf_counter() - begin}
+
+
+def row_line(row: dict) -> str:
+    """One case on one line, every field but the per-frame arrays."""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "frames")
 
 
 def main() -> None:
@@ -189,18 +191,18 @@ def main() -> None:
     parser.add_argument("--orientation-delay", type=float, default=None, help="default: the refinement default")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for recovery.json and the figure")
     args = parser.parse_args()
-    args.rates = learning_rates(args.learning_rate, parser)
-    args.extra = {} if args.orientation_delay is None else {"orientation_delay": args.orientation_delay}
     if args.quick:
         args.truths, args.models, args.perturbations = "plate,wedge,bimodal", "perframe,neural,neural-grid", "0.16"
         args.frames, args.epochs = 41, 150
+    args.settings = lambda **values: settings_from(parser, args, epochs=args.epochs, u_reset=0.01, **values)
+    args.settings()
 
     import jax
 
     jax.config.update("jax_enable_x64", True)
     if args.malik:
         rows = [malik(args.malik, args)]
-        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[0].items()), flush=True)
+        print(row_line(rows[0]), flush=True)
     else:
         truth = structure(args.structure)
         rows = []
@@ -208,11 +210,11 @@ def main() -> None:
             for t in args.truths.split(","):
                 for m in args.models.split(","):
                     rows.append(case(truth, t, m, p, args))
-                    print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in rows[-1].items() if k != "frames"), flush=True)
+                    print(row_line(rows[-1]), flush=True)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {k: v for k, v in vars(args).items() if k not in ("out", "rates", "extra")} | {"learning_rates": dict(args.rates)}
+        meta = {k: v for k, v in vars(args).items() if k not in ("out", "settings")} | {
+            "refinement": args.settings().as_dict()}
         (args.out / "recovery.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=1))
         if not args.malik:
             thickness_figure(rows, args.out / "recovery_thickness.png")

@@ -187,18 +187,11 @@ def _print_check(crystal, datasets, calculation, settings, restraints, names) ->
 
 
 def _rates(pairs: list[str] | None, table: dict) -> dict | None:
+    from .refine_settings import learning_rate_pairs
+
     if not pairs:
         return None
-    rates = dict(table.get("learning_rates", {}))
-    for pair in pairs:
-        group, sep, value = pair.partition("=")
-        try:
-            rates[group.strip()] = float(value)
-        except ValueError:
-            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate") from None
-        if not sep:
-            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate")
-    return rates
+    return dict(table.get("learning_rates", {})) | learning_rate_pairs(pairs)
 
 
 def _print_result(result, out: Path, extra: list[tuple[str, str]] = ()) -> None:

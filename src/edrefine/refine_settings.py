@@ -158,6 +158,21 @@ class RefinementSettings:
 FIELDS = {f.name for f in dataclasses.fields(RefinementSettings)}
 
 
+def learning_rate_pairs(pairs: list[str]) -> dict[str, float]:
+    """``GROUP=RATE`` strings (the ``--learning-rate`` flag) as {group: rate}; the groups and
+    rates themselves are checked by :class:`RefinementSettings`."""
+    rates = {}
+    for pair in pairs:
+        group, sep, value = pair.partition("=")
+        try:
+            rates[group.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate") from None
+        if not sep:
+            raise InputError(f"expected GROUP=RATE, got {pair!r}", source="learning-rate")
+    return rates
+
+
 def refinement_settings(table: dict, flags: dict, source: str = "config") -> RefinementSettings:
     """Defaults < ``table`` (the TOML ``[refinement]`` table) < ``flags`` that are not None."""
     values: dict = {}
