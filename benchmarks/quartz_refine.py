@@ -31,16 +31,22 @@ DATA = ROOT / ".." / "shared" / "data" / "quartz"
 
 
 def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **values):
-    """RefinementSettings: defaults < ``values`` < the ``--orientation-delay`` and
+    """RefinementSettings: defaults < ``values`` < the ``--orientation-*`` and
     ``--learning-rate`` flags given; a bad flag is a one-line usage error."""
     from edrefine import InputError
     from edrefine.refine_settings import learning_rate_pairs, refinement_settings
 
     try:
-        flags = dict(orientation_delay=args.orientation_delay, learning_rates=learning_rate_pairs(args.learning_rate) or None)
+        flags = dict(orientation_delay=args.orientation_delay, orientation_solver=args.orientation_solver,
+                     orientation_every=args.orientation_every, learning_rates=learning_rate_pairs(args.learning_rate) or None)
         return refinement_settings({k: v for k, v in values.items() if v is not None}, flags, source="flags")
     except InputError as error:
         parser.error(f"{error.source}: {error.message}")
+
+
+def add_orientation_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, kind in (("--orientation-delay", float), ("--orientation-solver", str), ("--orientation-every", int)):
+        parser.add_argument(flag, type=kind, default=None, help="default: the refinement default")
 
 
 def main() -> None:
@@ -50,7 +56,7 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
-    parser.add_argument("--orientation-delay", type=float, default=None, help="default: the refinement default")
+    add_orientation_flags(parser)
     parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
                         help="Adam step of one group, repeatable (default: the refinement defaults)")
     parser.add_argument("--absorption", type=float, default=None,
@@ -100,7 +106,8 @@ def main() -> None:
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
-               "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay, "learning_rates": dict(settings.learning_rates),
+               "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay,
+               "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every, "learning_rates": dict(settings.learning_rates),
                "start": {k: result.metrics["start"][k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined": {k: result.metrics[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined_at_42_tilts": {k: at42[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all")},

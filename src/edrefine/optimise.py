@@ -36,6 +36,7 @@ import optimistix as optx
 from .learned_thickness import Bounds, make_thickness_model
 from .loss import Problem, StructuralIndex, residual_vector, total_loss
 from .objective import chunk_evaluation, chunk_value_and_grad, grid_chi2_jit
+from .orientation_solve import orientation_step
 from .parameters import GROUPS, RefinementParameters, group_labels, initial_parameters, project
 from .refine_settings import RefinementSettings
 
@@ -145,7 +146,8 @@ def make_optimiser(params: RefinementParameters, settings: RefinementSettings, s
         return parts[0] if len(parts) == 1 else optax.join_schedules(parts, boundaries)
 
     delays = {g: 0 for g in GROUPS} | {"orientation": int(round(settings.orientation_delay * steps))}
-    transforms = {g: (optax.adam(schedule(settings.rate(g), delays[g])) if g in settings.refine and settings.rate(g) > 0
+    moved = set(settings.refine) - ({"orientation"} if settings.orientation_solver == "gauss-newton" else set())
+    transforms = {g: (optax.adam(schedule(settings.rate(g), delays[g])) if g in moved and settings.rate(g) > 0
                       else optax.set_to_zero()) for g in GROUPS}
     labels = group_labels(params)
     chain = optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))
@@ -295,8 +297,11 @@ def run_first_order(
             del state.events[snapshot[3]:]
             raise
         state.epoch += 1
-        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
-                  "seconds": time.perf_counter() - start}
+        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan}
+        if orientation_due(state.epoch, settings):
+            state.params, record["orientation"] = orientation_step(state.params, problem, training,
+                                                                   settings.chunk_frames, settings.orientation_sigma)
+        record["seconds"] = time.perf_counter() - start
         monitor_rows = validation if has_validation else training
         monitor = evaluate_loss(state.params, problem, monitor_rows, settings.chunk_frames) \
             if (has_validation or settings.batch_frames > 0) else record["loss"]
@@ -306,6 +311,14 @@ def run_first_order(
     if state.best_params is not None:
         state.params = state.best_params
     return state
+
+
+def orientation_due(epoch: int, settings: RefinementSettings) -> bool:
+    """Whether the per-frame Gauss–Newton orientation step follows Adam epoch ``epoch`` (1-based)."""
+    if settings.orientation_solver != "gauss-newton" or "orientation" not in settings.refine:
+        return False
+    first = int(round(settings.orientation_delay * settings.epochs))
+    return epoch > first and ((epoch - first) % settings.orientation_every == 0 or epoch == settings.epochs)
 
 
 def _close_epoch(state: TrainingState, record: dict, monitor: float, monitored, epoch: int,

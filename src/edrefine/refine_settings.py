@@ -49,7 +49,16 @@ class RefinementSettings:
         warmup: epochs of linear warm-up.
         orientation_delay: share of the Adam steps before the orientation corrections start to
             move (then their own warm-up and schedule over the remaining steps), so that early
-            structural misfit is not absorbed by orientations.
+            structural misfit is not absorbed by orientations. With the Gauss–Newton solver: the
+            share of the epochs before its first call.
+        orientation_solver: adam (the orientation corrections are one more Adam group) or
+            gauss-newton (Adam holds them; every ``orientation_every`` epochs, and after the last,
+            one damped Gauss–Newton iteration per frame moves them with the rest fixed,
+            :mod:`edrefine.orientation_solve`). Adam optimiser only.
+        orientation_every: epochs between the Gauss–Newton calls.
+        orientation_sigma: standard deviation [deg] with which the Gauss–Newton step restrains each
+            correction to zero (None: unrestrained), so that the rotation about the beam, which the
+            excitation errors barely see, stays put unless the data ask for it.
         batch_frames: frames per mini-batch (0: the whole dataset each step).
         validation_fraction: share of frames held out (every k-th frame) for early stopping.
         patience: epochs without improvement before stopping (0: never stop early).
@@ -83,6 +92,9 @@ class RefinementSettings:
     schedule: str = "cosine"
     warmup: int = 5
     orientation_delay: float = 0.0
+    orientation_solver: str = "adam"
+    orientation_every: int = 5
+    orientation_sigma: float | None = 0.1
     batch_frames: int = 0
     validation_fraction: float = 0.0
     patience: int = 30
@@ -112,7 +124,8 @@ class RefinementSettings:
             raise InputError(f"must be adam, lbfgs or lm, got {self.optimiser!r}", source="optimiser")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise InputError(f"must be cosine, exponential or constant, got {self.schedule!r}", source="schedule")
-        for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes"):
+        for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes",
+                     "orientation_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise InputError(f"must be a positive integer, got {value!r}", source=name)
@@ -132,6 +145,14 @@ class RefinementSettings:
                 raise InputError(f"unknown group {group!r} (known: {', '.join(GROUPS)})", source="learning_rates")
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate >= 0):
                 raise InputError(f"{group}: must be a non-negative number, got {rate!r}", source="learning_rates")
+        if self.orientation_solver not in ("adam", "gauss-newton"):
+            raise InputError(f"must be adam or gauss-newton, got {self.orientation_solver!r}",
+                             source="orientation_solver")
+        if self.orientation_sigma is not None and not (isinstance(self.orientation_sigma, (int, float))
+                                                       and math.isfinite(self.orientation_sigma)
+                                                       and self.orientation_sigma > 0):
+            raise InputError(f"must be a positive number of degrees, got {self.orientation_sigma!r}",
+                             source="orientation_sigma")
         if not (isinstance(self.orientation_delay, (int, float)) and 0 <= self.orientation_delay < 1):
             raise InputError(f"must be in [0, 1), got {self.orientation_delay!r}", source="orientation_delay")
         if self.grid_span is not None and not (math.isfinite(self.grid_span) and self.grid_span > 1):
