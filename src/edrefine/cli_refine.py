@@ -97,7 +97,8 @@ def refine(
     learning_rate: Annotated[Optional[list[str]], typer.Option(help="GROUP=RATE, repeatable, e.g. positions=0.002.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="cosine (default), exponential or constant.")] = None,
     orientation_delay: Annotated[Optional[float], typer.Option(help="Share of the Adam steps before orientation corrections start to move (default 0: from the start).")] = None,
-    orientation_solver: Annotated[Optional[str], typer.Option(help="adam (default: orientations are one more Adam group) or gauss-newton (one damped Gauss–Newton step per frame every --orientation-every epochs).")] = None,
+    orientation_solver: Annotated[Optional[str], typer.Option(help="adam (default: orientations are one more Adam group) or gauss-newton (one trust-region Gauss–Newton step per frame every --orientation-every epochs).")] = None,
+    orientation_sigma: Annotated[Optional[float], typer.Option(help="Restraint (standard deviation, degrees) of each correction to zero in the Gauss–Newton step (default 0.1).")] = None,
     orientation_every: Annotated[Optional[int], typer.Option(help="Epochs between Gauss–Newton orientation steps (default 5).")] = None,
     batch_frames: Annotated[Optional[int], typer.Option(help="Frames per mini-batch (0: all, the default).")] = None,
     validation_fraction: Annotated[Optional[float], typer.Option(help="Share of frames held out for early stopping.")] = None,
@@ -129,7 +130,7 @@ def refine(
                  thickness_start=thickness_start,
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule,
                  orientation_delay=orientation_delay, orientation_solver=orientation_solver,
-                 orientation_every=orientation_every,
+                 orientation_every=orientation_every, orientation_sigma=orientation_sigma,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
                  polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
                  memory_limit=memory_limit, tilt_chunk=tilt_chunk, devices=devices, learning_rates=_rates(learning_rate, table))

@@ -292,16 +292,19 @@ def run_first_order(
         try:
             losses = [adam_step(state, optimiser, problem, b, settings)
                       for b in _batches(problem, training, settings, state.epoch)]
+            orientation = None
+            if orientation_due(state.epoch + 1, settings):
+                state.params, orientation = orientation_step(state.params, problem, training, settings.chunk_frames,
+                                                             settings.orientation_sigma)
         except KeyboardInterrupt:
             state.params, state.opt_state, state.step_factor = snapshot[:3]
             del state.events[snapshot[3]:]
             raise
         state.epoch += 1
-        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan}
-        if orientation_due(state.epoch, settings):
-            state.params, record["orientation"] = orientation_step(state.params, problem, training,
-                                                                   settings.chunk_frames, settings.orientation_sigma)
-        record["seconds"] = time.perf_counter() - start
+        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
+                  "seconds": time.perf_counter() - start}
+        if orientation is not None:
+            record["orientation"] = orientation
         monitor_rows = validation if has_validation else training
         monitor = evaluate_loss(state.params, problem, monitor_rows, settings.chunk_frames) \
             if (has_validation or settings.batch_frames > 0) else record["loss"]

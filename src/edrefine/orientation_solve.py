@@ -54,31 +54,30 @@ def chunk_orientation_equations(params: RefinementParameters, d: int, frames, cr
     return normal, gradient, jnp.sum(r**2, axis=1)
 
 
+def _row_chunks(problem: Problem, d: int, rows: np.ndarray, chunk: int):
+    """(positions in ``rows``, frame arrays) of each chunk of dataset ``d``'s rows ``rows``."""
+    position = {int(r): i for i, r in enumerate(rows)}
+    for part, frames in problem.datasets[d].frames.chunks(rows, problem.chunk_size(chunk)):
+        yield np.array([position[int(r)] for r in part], dtype=np.int64), frames
+
+
 def frame_chi2(params: RefinementParameters, problem: Problem, d: int, rows: np.ndarray, chunk: int) -> np.ndarray:
     """χ² of each frame row in ``rows`` of dataset ``d`` (forward only), in the order of ``rows``."""
-    dataset = problem.datasets[d]
-    out = np.zeros(len(rows))
-    position = {int(r): i for i, r in enumerate(rows)}
-    for part, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
-        e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants, problem.mesh)
-        chi2 = np.asarray(e.chi2)[: len(part)]
-        for row, value in zip(part, chi2):
-            out[position[int(row)]] = value
+    constants, out = problem.datasets[d].constants, np.zeros(len(rows))
+    for at, frames in _row_chunks(problem, d, rows, chunk):
+        e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, constants, problem.mesh)
+        out[at] = np.asarray(e.chi2)[: len(at)]
     return out
 
 
 def orientation_normal_equations(params: RefinementParameters, problem: Problem, d: int, rows: np.ndarray,
                                  chunk: int):
     """(A [row 3 3], b [row 3], χ² [row]) of dataset ``d``'s frame rows ``rows`` (host numpy)."""
-    dataset = problem.datasets[d]
+    constants = problem.datasets[d].constants
     normal, gradient, chi2 = np.zeros((len(rows), 3, 3)), np.zeros((len(rows), 3)), np.zeros(len(rows))
-    position = {int(r): i for i, r in enumerate(rows)}
-    for part, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
-        a, b, c = chunk_orientation_equations(params, d, frames, problem.crystal, problem.context, dataset.constants)
-        a, b, c = (np.asarray(x)[: len(part)] for x in (a, b, c))
-        for i, row in enumerate(part):
-            k = position[int(row)]
-            normal[k], gradient[k], chi2[k] = a[i], b[i], c[i]
+    for at, frames in _row_chunks(problem, d, rows, chunk):
+        a, b, c = chunk_orientation_equations(params, d, frames, problem.crystal, problem.context, constants)
+        normal[at], gradient[at], chi2[at] = (np.asarray(x)[: len(at)] for x in (a, b, c))
     return normal, gradient, chi2
 
 

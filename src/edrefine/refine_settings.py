@@ -53,7 +53,7 @@ class RefinementSettings:
             share of the epochs before its first call.
         orientation_solver: adam (the orientation corrections are one more Adam group) or
             gauss-newton (Adam holds them; every ``orientation_every`` epochs, and after the last,
-            one damped Gauss–Newton iteration per frame moves them with the rest fixed,
+            one trust-region Gauss–Newton iteration per frame moves them with the rest fixed,
             :mod:`edrefine.orientation_solve`). Adam optimiser only.
         orientation_every: epochs between the Gauss–Newton calls.
         orientation_sigma: standard deviation [deg] with which the Gauss–Newton step restrains each
