@@ -38,14 +38,16 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **v
 
     try:
         flags = dict(orientation_delay=args.orientation_delay, orientation_solver=args.orientation_solver,
-                     orientation_every=args.orientation_every, learning_rates=learning_rate_pairs(args.learning_rate) or None)
+                     orientation_every=args.orientation_every, orientation_sigma=args.orientation_sigma,
+                     omega_step=args.omega_step, learning_rates=learning_rate_pairs(args.learning_rate) or None)
         return refinement_settings({k: v for k, v in values.items() if v is not None}, flags, source="flags")
     except InputError as error:
         parser.error(f"{error.source}: {error.message}")
 
 
 def add_orientation_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, kind in (("--orientation-delay", float), ("--orientation-solver", str), ("--orientation-every", int)):
+    for flag, kind in (("--orientation-delay", float), ("--orientation-solver", str), ("--orientation-every", int),
+                       ("--orientation-sigma", float), ("--omega-step", float)):
         parser.add_argument(flag, type=kind, default=None, help="default: the refinement default")
 
 
@@ -107,7 +109,8 @@ def main() -> None:
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
                "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay,
-               "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every, "learning_rates": dict(settings.learning_rates),
+               "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every,
+               "orientation_sigma": settings.orientation_sigma, "omega_step": settings.omega_step, "learning_rates": dict(settings.learning_rates),
                "start": {k: result.metrics["start"][k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined": {k: result.metrics[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined_at_42_tilts": {k: at42[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all")},

@@ -149,6 +149,34 @@ def test_orientation_delay_holds_the_orientations_for_its_share_of_the_steps(tru
         RefinementSettings(orientation_delay=1.0)
 
 
+def test_omega_step_scales_the_rotation_about_the_beam_alone(truth, data):
+    import equinox as eqx
+
+    from edrefine.optimise import build_parameters, make_optimiser
+    from edrefine.refine import build_problem
+
+    problem = build_problem(truth, [data], CALC)
+    steps = {}
+    for factor in (1.0, 0.25, 0.0):
+        settings = RefinementSettings(thickness_model="constant", epochs=4, warmup=0, omega_step=factor)
+        params = build_parameters(problem, settings, None)
+        optimiser = make_optimiser(params, settings, steps=4)
+        arrays = eqx.filter(params, eqx.is_inexact_array)
+        gradient = jax.tree_util.tree_map(lambda a: np.ones_like(a), arrays)
+        new, _ = optimiser.step(gradient, optimiser.init(arrays), params, problem.crystal)
+        steps[factor] = (np.asarray(new.datasets[0].orientation - params.datasets[0].orientation),
+                         np.asarray(new.sites.position_free - params.sites.position_free))
+    full, quarter, held = steps[1.0][0], steps[0.25][0], steps[0.0][0]
+    assert np.all(full != 0)
+    np.testing.assert_array_equal(quarter[:, :2], full[:, :2])
+    np.testing.assert_allclose(quarter[:, 2], 0.25 * full[:, 2], rtol=1e-12)
+    assert np.all(held[:, 2] == 0) and np.all(held[:, :2] == full[:, :2])
+    np.testing.assert_array_equal(steps[0.0][1], steps[1.0][1])
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match="omega_step"):
+            RefinementSettings(omega_step=bad)
+
+
 def test_two_datasets_refine_together_each_with_its_own_frames(truth, data):
     start = perturb(truth, jax.random.key(3), 0.03)
     settings = RefinementSettings(thickness_model="perframe", epochs=3, polish_steps=0, report_every=100)

@@ -149,9 +149,21 @@ def make_optimiser(params: RefinementParameters, settings: RefinementSettings, s
     moved = set(settings.refine) - ({"orientation"} if settings.orientation_solver == "gauss-newton" else set())
     transforms = {g: (optax.adam(schedule(settings.rate(g), delays[g])) if g in moved and settings.rate(g) > 0
                       else optax.set_to_zero()) for g in GROUPS}
+    if "orientation" in moved and settings.omega_step != 1.0:
+        transforms["orientation"] = optax.chain(transforms["orientation"], scale_omega(settings.omega_step))
     labels = group_labels(params)
     chain = optax.chain(optax.multi_transform(transforms, labels), optax.inject_hyperparams(optax.scale)(step_size=1.0))
     return FirstOrder(chain, settings.u_min)
+
+
+def scale_omega(factor: float) -> optax.GradientTransformation:
+    """Multiply the Δω column of the ``[frame 3]`` orientation updates by ``factor``."""
+    def scale(updates, state, params=None):
+        del params
+        columns = jnp.asarray([[1.0, 1.0, factor]])
+        return jax.tree_util.tree_map(lambda u: u * columns.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), scale)
 
 
 class FirstOrder(eqx.Module):

@@ -51,6 +51,11 @@ class RefinementSettings:
             move (then their own warm-up and schedule over the remaining steps), so that early
             structural misfit is not absorbed by orientations. With the Gauss–Newton solver: the
             share of the epochs before its first call.
+        omega_step: the Adam step of Δω (the rotation about the beam, to which the excitation errors
+            are nearly blind) as a multiple of the orientation group's step (1: the same step; 0:
+            Δω held at zero), so that Δα and Δβ can move fast while Δω, which Adam's
+            per-parameter normalisation would otherwise move by a full step whatever its
+            gradient, moves little.
         orientation_solver: adam (the orientation corrections are one more Adam group) or
             gauss-newton (Adam holds them; every ``orientation_every`` epochs, and after the last,
             one trust-region Gauss–Newton iteration per frame moves them with the rest fixed,
@@ -92,6 +97,7 @@ class RefinementSettings:
     schedule: str = "cosine"
     warmup: int = 5
     orientation_delay: float = 0.0
+    omega_step: float = 1.0
     orientation_solver: str = "adam"
     orientation_every: int = 5
     orientation_sigma: float | None = 0.1
@@ -155,6 +161,9 @@ class RefinementSettings:
                              source="orientation_sigma")
         if not (isinstance(self.orientation_delay, (int, float)) and 0 <= self.orientation_delay < 1):
             raise InputError(f"must be in [0, 1), got {self.orientation_delay!r}", source="orientation_delay")
+        if not (isinstance(self.omega_step, (int, float)) and math.isfinite(self.omega_step)
+                and 0 <= self.omega_step <= 1):
+            raise InputError(f"must be in [0, 1], got {self.omega_step!r}", source="omega_step")
         if self.grid_span is not None and not (math.isfinite(self.grid_span) and self.grid_span > 1):
             raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
