@@ -49,6 +49,8 @@ def test_recovers_a_perturbed_structure_from_noiseless_data(truth, data):
 RESUMABLE = {
     "adam": RefinementSettings(thickness_model="neural", epochs=6, polish_steps=0, checkpoint_every=1,
                                batch_frames=5, nn_width=8, nn_depth=1, report_every=100),
+    "gauss-newton": RefinementSettings(thickness_model="perframe", epochs=4, polish_steps=0, checkpoint_every=1,
+                                       orientation_solver="gauss-newton", orientation_every=2, report_every=100),
     "lm": RefinementSettings(thickness_model="constant", optimiser="lm", epochs=5, checkpoint_every=1,
                              refine=("positions", "adp"), report_every=100),
 }
