@@ -12,7 +12,8 @@ calls, and does not dither around it as a per-parameter Adam step does.
 Each call is one trust-region Gauss–Newton iteration per frame: the step minimises the
 quadratic model of the frame's χ² (A = JᵀJ, b = Jᵀr) within a radius of :data:`TRUST_RADIUS`
 [rad] (:func:`trust_region_steps`) and is kept only where the frame's χ² falls; frames whose χ²
-rose try again with a radius four times smaller, up to :data:`TRIALS` forward passes. Frame scales stay profiled
+rose try again with a radius four times smaller, up to :data:`TRIALS` forward passes (each over
+the frames still pending only). Frame scales stay profiled
 out inside the residuals. No state is carried between calls, so a resumed run repeats them
 exactly.
 """
@@ -141,7 +142,9 @@ def orientation_step(params: RefinementParameters, problem: Problem, rows: list[
             trial = current.copy()
             trial[dataset_rows[pending]] = start[dataset_rows[pending]] + delta[pending]
             candidate = _with_orientation(params, d, trial)
-            new = frame_chi2(candidate, problem, d, dataset_rows, chunk) + weight * np.sum(trial[dataset_rows] ** 2, axis=1)
+            new = np.full(len(dataset_rows), np.inf)
+            new[pending] = (frame_chi2(candidate, problem, d, dataset_rows[pending], chunk)
+                            + weight * np.sum(trial[dataset_rows[pending]] ** 2, axis=1))
             better = pending & np.isfinite(new) & (new < best)
             current[dataset_rows[better]] = trial[dataset_rows[better]]
             best = np.where(better, new, best)
