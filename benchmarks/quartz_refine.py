@@ -20,6 +20,7 @@ Not collected by pytest. Needs ../shared/data.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import time
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
+    parser.add_argument("--grid-span", default=None,
+                        help="neural-grid span (a number > 1, or 'none': the whole bounds; default: the refinement default)")
     add_orientation_flags(parser)
     parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
                         help="Adam step of one group, repeatable (default: the refinement defaults)")
@@ -70,6 +73,11 @@ def main() -> None:
                         help="start from the inverted enantiomer of the kinematical model (absolute structure)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
+    if args.grid_span not in (None, "none"):
+        try:
+            float(args.grid_span)
+        except ValueError:
+            parser.error(f"--grid-span: expected a number or 'none', got {args.grid_span!r}")
 
     import jax
 
@@ -89,7 +97,10 @@ def main() -> None:
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
                              thickness_model=args.thickness_model, thickness_start=args.thickness_start,
-                             polish_steps=args.polish_steps)
+                             polish_steps=args.polish_steps,
+                             grid_span=None if args.grid_span in (None, "none") else float(args.grid_span))
+    if args.grid_span == "none":
+        settings = dataclasses.replace(settings, grid_span=None)
     begin = time.perf_counter()
 
     def on_epoch(state, record):
@@ -108,6 +119,7 @@ def main() -> None:
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
+               "grid_span": settings.grid_span,
                "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay,
                "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every,
                "orientation_sigma": settings.orientation_sigma, "omega_step": settings.omega_step, "learning_rates": dict(settings.learning_rates),
