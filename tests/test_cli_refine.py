@@ -33,6 +33,8 @@ def dataset(tmp_path_factory):
         (["--epochs", "0"], "epochs"),
         (["--learning-rate", "positions"], "learning-rate"),
         (["--thickness-min", "900", "--thickness-max", "100"], "thickness_min"),
+        (["--omega-step", "2"], "omega_step"),
+        (["--nn-width", "0"], "nn_width"),
     ],
 )
 def test_bad_settings_give_one_line(dataset, tmp_path, extra, message):
@@ -41,6 +43,22 @@ def test_bad_settings_give_one_line(dataset, tmp_path, extra, message):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_every_refinement_setting_is_a_flag_and_reaches_the_settings():
+    import dataclasses
+    import inspect
+
+    from edrefine.cli_refine import refine
+    from edrefine.refine_settings import RefinementSettings
+
+    flags = set(inspect.signature(refine).parameters)
+    renamed = {"refine": "refine_groups", "learning_rates": "learning_rate"}
+    missing = [f.name for f in dataclasses.fields(RefinementSettings) if renamed.get(f.name, f.name) not in flags]
+    assert missing == []
+    source = inspect.getsource(refine)
+    assert all(f"{f.name}={renamed.get(f.name, f.name)}" in source or f.name == "learning_rates"
+               for f in dataclasses.fields(RefinementSettings))
 
 
 def test_bad_config_names_the_file(dataset, tmp_path):
