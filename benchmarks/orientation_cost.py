@@ -15,12 +15,10 @@ Not collected by pytest. Needs ../shared/data.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import time
 
 import numpy as np
-
-DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "quartz"
+from quartz_refine import DATA, PUBLISHED
 
 
 def main() -> None:
@@ -42,7 +40,7 @@ def main() -> None:
 
     start = read_crystal(DATA / "quartz_kinematical.cif")
     data = read_pets(DATA / "quartz.cif_pets")
-    calculation = CalculationSettings(tilts=args.tilts, gmax=2.0, sgmax=0.01, rsg=0.9, dsg=0.0015)
+    calculation = CalculationSettings(tilts=args.tilts, **PUBLISHED)
     problem = build_problem(start, [data], calculation)
     settings = RefinementSettings(thickness_start="dataset")
     params = build_parameters(problem, settings, None)

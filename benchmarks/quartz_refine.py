@@ -29,6 +29,18 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data" / "quartz"
+PUBLISHED = dict(gmax=2.0, sgmax=0.01, rsg=0.9, dsg=0.0015)
+"""The published calculation settings for these data (g_max, sg_max [Å⁻¹], RSg, DSg [Å⁻¹])."""
+
+
+def grid_span_flag(text: str) -> float | str:
+    """``--grid-span``: a number, or 'none' (the whole thickness bounds)."""
+    if text == "none":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
 def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **values):
@@ -59,7 +71,7 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
-    parser.add_argument("--grid-span", default=None,
+    parser.add_argument("--grid-span", type=grid_span_flag, default=None,
                         help="neural-grid span (a number > 1, or 'none': the whole bounds; default: the refinement default)")
     add_orientation_flags(parser)
     parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
@@ -73,11 +85,6 @@ def main() -> None:
                         help="start from the inverted enantiomer of the kinematical model (absolute structure)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
-    if args.grid_span not in (None, "none"):
-        try:
-            float(args.grid_span)
-        except ValueError:
-            parser.error(f"--grid-span: expected a number or 'none', got {args.grid_span!r}")
 
     import jax
 
@@ -91,15 +98,14 @@ def main() -> None:
     if args.invert:
         start, reference = start.invert(), reference.invert()
     data = read_pets(DATA / "quartz.cif_pets")
-    published = dict(gmax=2.0, sgmax=0.01, rsg=0.9, dsg=0.0015)
-    published["strong_beams"] = 1 if args.kinematic else 0
+    published = PUBLISHED | {"strong_beams": 1 if args.kinematic else 0}
     calculation = CalculationSettings(tilts=args.tilts, absorption=args.absorption, **published)
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
                              thickness_model=args.thickness_model, thickness_start=args.thickness_start,
                              polish_steps=args.polish_steps,
-                             grid_span=None if args.grid_span in (None, "none") else float(args.grid_span))
-    if args.grid_span == "none":
+                             grid_span=None if args.grid_span == "none" else args.grid_span)
+    if args.grid_span == "none":  # None among the values means "the default", so set it afterwards
         settings = dataclasses.replace(settings, grid_span=None)
     begin = time.perf_counter()
 
