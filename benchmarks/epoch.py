@@ -8,8 +8,9 @@ matrices of the same size and dtype, timed alone), R_obs frame mean at the start
 and the deviation of |Fc| from the first (reference) configuration, Σ|ΔFc| / ΣFc. Ratios are
 printed against the reference, which runs in the same invocation.
 
-The levers: ``strong`` (Bethe reduction to N_s strong beams), ``chunk`` (tilts side by side:
-memory, not speed), ``float32``, ``devices`` (frames split over host devices). A full-matrix
+The levers: ``strong`` (Bethe reduction to N_s strong beams), ``segments`` (each of that many
+parts of a frame's tilts with its own beam set), ``chunk`` (tilts side by side: memory, not
+speed), ``float32``, ``devices`` (frames split over host devices). A full-matrix
 CsPbBr₃ epoch takes most of an hour on 2 cores, so ``--frames K`` times K frames spread over the
 dataset and scales the times to the whole dataset (printed as "per epoch (scaled)").
 
@@ -36,10 +37,11 @@ CASES = {
     "quartz": dict(structure="quartz/quartz_kinematical.cif", data="quartz/quartz.cif_pets", gmax=2.0, sgmax=0.01,
                    rsg=0.9, dsg=0.0015, tilts=42, frames=0,
                    levers=[{}, {"strong": 96}, {"strong": 64}, {"chunk": 6}, {"float32": True}, {"devices": 2},
-                           {"strong": 96, "devices": 2, "float32": True}]),
+                           {"strong": 96, "devices": 2, "float32": True}, {"segments": 6}]),
     "cspbbr3": dict(structure="cspbbr3/cspbbr3.cif", data="cspbbr3/CsPbBr_P67-crot-050_dyn.cif_pets", gmax=2.3,
                     sgmax=0.02, rsg=0.66, dsg=0.0015, tilts=42, frames=4,
-                    levers=[{"chunk": 14}, {"strong": 384, "chunk": 14}, {"strong": 256}, {"strong": 384, "float32": True},
+                    levers=[{"chunk": 14}, {"strong": 384, "chunk": 14}, {"strong": 256}, {"strong": 256, "segments": 6},
+                            {"strong": 384, "segments": 6}, {"strong": 384, "float32": True},
                             {"strong": 384, "devices": 2}, {"strong": 384, "devices": 2, "float32": True}]),
 }
 
@@ -67,7 +69,8 @@ def child(spec: dict) -> dict:
     k = spec["frames"] or count
     chosen = np.unique(np.linspace(0, count - 1, k).round().astype(int))
     calc = CalculationSettings(gmax=case["gmax"], sgmax=case["sgmax"], rsg=case["rsg"], dsg=case["dsg"],
-                               tilts=case["tilts"], strong_beams=spec.get("strong", 0))
+                               tilts=case["tilts"], strong_beams=spec.get("strong", 0),
+                               tilt_segments=spec.get("segments", 1))
     begin = time.perf_counter()
     dataset = prepare_dataset(crystal, data, calc, frames=chosen)
     dataset = dataclasses.replace(dataset, constants=dataclasses.replace(dataset.constants,
@@ -98,7 +101,7 @@ def child(spec: dict) -> dict:
     r_frame = float(np.mean([row["R_obs"] for row in table]))
     # Eigendecomposition alone: the same number of matrices of the strong size, dtype of the potential.
     f = dataset.frames
-    n = int(np.shape(f.beam_mask)[1])
+    n = f.capacity
     strong = calc.strong_beams if 0 < calc.strong_beams < n else n
     dtype = jnp.float32 if spec.get("float32") else jnp.float64
     matrix_dtype = dtype if spec["real_matrix"] else (jnp.complex64 if spec.get("float32") else jnp.complex128)
@@ -110,8 +113,9 @@ def child(spec: dict) -> dict:
     eigh = jax.jit(jnp.linalg.eigh)
     jax.block_until_ready(eigh(a))
     one = statistics.median(timed(lambda: eigh(a), 3))
-    solves = f.count * np.shape(f.tilts)[1]
-    return dict(frames=int(f.count), frames_total=count, capacity=n, strong=strong, tilts=int(np.shape(f.tilts)[1]),
+    solves = f.count * f.tilt_count
+    return dict(frames=int(f.count), frames_total=count, capacity=n, strong=strong, tilts=f.tilt_count,
+                segments=f.segments,
                 prepare_s=prepare, first_call_s=first, epoch_s=steady, forward_s=forward_time,
                 eigh_share=float(one * solves / forward_time), R_obs_frame_mean=r_frame, fc=fc,
                 devices=len(jax.devices()))

@@ -56,7 +56,7 @@ def child(case: str, gmax: float, tilts: int) -> dict:
     estimate = check_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes),
                             limit_gb=1e6)
     frames = problem.datasets[0].frames
-    return {"case": case, "gmax": gmax, "tilts": tilts, "capacity": int(np.shape(frames.beam_mask)[1]),
+    return {"case": case, "gmax": gmax, "tilts": tilts, "capacity": frames.capacity,
             "frames": int(frames.count), "measured_gb": peak / 1e9, "estimate_gb": estimate / 1e9}
 
 

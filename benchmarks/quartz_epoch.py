@@ -65,9 +65,9 @@ def measure(tilts: int, repeats: int) -> dict:
             fn()
             samples.append(time.perf_counter() - t)
         timings[name] = min(samples)
-    beams = np.asarray(dataset.frames.beam_mask).sum(axis=1)
+    beams = dataset.frames.beam_counts()
     return {"frames": int(dataset.frames.count), "beams_mean": float(beams.mean()), "beams_max": int(beams.max()),
-            "capacity": int(np.shape(dataset.frames.beam_mask)[1]), "tilts": tilts, "prepare_seconds": prepare,
+            "capacity": dataset.frames.capacity, "tilts": tilts, "prepare_seconds": prepare,
             **timings}
 
 

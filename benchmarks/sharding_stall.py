@@ -53,7 +53,7 @@ def main() -> None:
     start = time.perf_counter()
     value, _ = batch_gradient(params, problem, [np.arange(dataset.frames.count)], 16)
     print(f"returned: chi2 {value:.6g} in {time.perf_counter() - start:.1f} s "
-          f"(capacity {np.shape(dataset.frames.beam_mask)[1]} beams)")
+          f"(capacity {dataset.frames.capacity} beams)")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def dataset(tmp_path_factory):
         (["--thickness-min", "900", "--thickness-max", "100"], "thickness_min"),
         (["--omega-step", "2"], "omega_step"),
         (["--nn-width", "0"], "nn_width"),
+        (["--tilts", "6", "--tilt-segments", "4"], "tilt_segments"),
     ],
 )
 def test_bad_settings_give_one_line(dataset, tmp_path, extra, message):
@@ -154,3 +155,13 @@ def assert_same_outputs(folder: pathlib.Path, reference: pathlib.Path) -> None:
         assert (folder / name).read_bytes() == (reference / name).read_bytes(), name
     metrics, expected = (json.loads((f / "metrics.json").read_text()) for f in (folder, reference))
     assert _without_times(metrics) == _without_times(expected)
+
+
+def test_check_reports_the_segments_of_each_frame(dataset, tmp_path):
+    result = run("refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--out",
+                 str(tmp_path / "x"), "--gmax", "1.2", "--tilts", "6", "--tilt-segments", "3", "--check")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if f" {dataset.stem} " in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[5:8] == ["6", "3", "2"]
+    assert not (tmp_path / "x").exists()

@@ -91,7 +91,7 @@ def test_a_chunked_objective_has_the_same_loss_and_gradient(quartz):
 
 def test_bound_memory_picks_the_largest_chunk_that_fits(quartz):
     _, problem, _ = quartz
-    tilts = np.shape(problem.frames.tilts)[1]
+    tilts = problem.frames.tilts_per_segment
     full = frame_memory(problem, 1, tilt_chunk=0)
     datasets, peak = bound_memory([problem], 1, 1e6)
     assert datasets[0].constants.tilt_chunk == 0 and frame_memory(datasets[0], 1) == full

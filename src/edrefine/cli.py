@@ -102,6 +102,7 @@ TILTS = typer.Option("--tilts", help="Tilt samples across a frame's ±half-width
 RSG = typer.Option("--rsg", help="Keep reflections with |S_g|/ΔS_g < RSg (default 0.9).")
 DSG = typer.Option("--dsg", help="... and ΔS_g − |S_g| > DSg [Å⁻¹] (default 0.0015).")
 STRONG = typer.Option("--strong-beams", help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams; 1: kinematical, single scattering).")
+SEGMENTS = typer.Option("--tilt-segments", help="Cut each frame's tilts into this many consecutive parts, each with a beam set of its own (fewer beams per solve for wide frames; a divisor of --tilts; default 1).")
 CONFIG = typer.Option("--config", help="TOML file with calculation settings (flags override it).")
 
 
@@ -121,6 +122,7 @@ def score(
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
     absorption: Annotated[Optional[float], typer.Option(help="κ of U' = κU (default: elastic).")] = None,
     strong_beams: Annotated[Optional[int], STRONG] = None,
+    tilt_segments: Annotated[Optional[int], SEGMENTS] = None,
     config: Annotated[Optional[Path], CONFIG] = None,
     geometry: Annotated[
         str, typer.Option(help="rotation (continuous rotation), precession, or file (as the file's details say).")
@@ -140,7 +142,8 @@ def score(
     from .settings import resolve_settings
 
     settings = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, rsg=rsg, dsg=dsg,
-                                form_factors=form_factors, absorption=absorption, strong_beams=strong_beams)
+                                form_factors=form_factors, absorption=absorption, strong_beams=strong_beams,
+                                tilt_segments=tilt_segments)
     if not thickness_search and thickness is None:
         raise InputError("give --thickness T for one thickness, or --thickness-search", source="thickness")
     if thickness is not None and not thickness > 0:
@@ -214,6 +217,9 @@ def simulate(
                                       step=step, half_width=half_width, seed=seed)
     arguments = settings.score_arguments()
     arguments.pop("tilt_rule")
+    if arguments.pop("tilt_segments") != 1:
+        raise InputError("simulations use one beam set per frame (the reference calculation); remove tilt_segments",
+                         source="tilt_segments")
     dataset = simulate_dataset(crystal, geometry, model, counts=counts, seed=seed, noise=noise, **arguments)
     write_pets(out, dataset)
     console.print(f"wrote {len(dataset.reflections.hkl)} reflections in {len(dataset.frames.id)} frames to {out}")

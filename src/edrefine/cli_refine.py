@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli import CONFIG, DSG, GMAX, RSG, SGMAX, TILTS, app, console
+from .cli import CONFIG, DSG, GMAX, RSG, SEGMENTS, SGMAX, TILTS, app, console
 from .errors import InputError
 
 RUN = "Refinement"
@@ -81,6 +81,7 @@ def refine(
     tilts: Annotated[Optional[int], TILTS] = None,
     tilt_rule: Annotated[Optional[str], typer.Option(help="midpoint, uniform or gauss.")] = None,
     strong_beams: Annotated[Optional[int], typer.Option(help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams; 1: kinematical, single scattering).")] = None,
+    tilt_segments: Annotated[Optional[int], SEGMENTS] = None,
     rsg: Annotated[Optional[float], RSG] = None,
     dsg: Annotated[Optional[float], DSG] = None,
     form_factors: Annotated[Optional[str], typer.Option(help="lobato (default), kirkland or peng.")] = None,
@@ -130,7 +131,7 @@ def refine(
     from .settings import resolve_settings
 
     calculation = resolve_settings(config, gmax=gmax, sgmax=sgmax, tilts=tilts, tilt_rule=tilt_rule, rsg=rsg, dsg=dsg,
-                                   strong_beams=strong_beams,
+                                   strong_beams=strong_beams, tilt_segments=tilt_segments,
                                    form_factors=form_factors, absorption=absorption)
     table, restraints = read_refinement_table(config)
     flags = dict(thickness_model=thickness_model, grid_nodes=grid_nodes, grid_span=grid_span, thickness_min=thickness_min, thickness_max=thickness_max,
@@ -182,15 +183,15 @@ def _print_check(crystal, datasets, calculation, settings, restraints, names) ->
     nodes = node_count(settings.thickness_model, settings.grid_nodes)
     datasets, peak = bound_memory(problem.datasets, nodes, settings.memory_limit, settings.tilt_chunk)
     table = Table(title="Refinement check (nothing refined)")
-    for column in ("dataset", "frames", "reflections", "beams max/mean", "capacity", "tilts", "side by side"):
+    for column in ("dataset", "frames", "reflections", "beams max/mean", "capacity", "tilts", "segments",
+                   "side by side"):
         table.add_column(column, justify="right")
     for dataset in datasets:
         f = dataset.frames
-        beams = np.asarray(f.beam_mask).sum(axis=1)
-        tilts = np.shape(f.tilts)[1]
+        beams = np.asarray(f.beam_mask).sum(axis=2)
         table.add_row(dataset.name, str(f.count), str(int(np.asarray(f.refl_mask).sum())),
-                      f"{beams.max()} / {beams.mean():.0f}", str(np.shape(f.beam_mask)[1]), str(tilts),
-                      str(dataset.constants.tilt_chunk or tilts))
+                      f"{beams.max()} / {beams.mean():.0f}", str(f.capacity), str(f.tilt_count), str(f.segments),
+                      str(dataset.constants.tilt_chunk or f.tilts_per_segment))
     console.print(table)
     groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
     console.print(f"refined structural parameters: {StructuralIndex.of(problem.crystal, groups).size}; "

@@ -116,6 +116,55 @@ def frame_beam_sets(
     return pad_beam_sets(lists)
 
 
+def split_tilts(
+    tilts: Float[np.ndarray, "frame tilt"], weights: Float[np.ndarray, "frame tilt"], segments: int
+) -> tuple[Float[np.ndarray, "frame segment per"], Float[np.ndarray, "frame segment per"]]:
+    """Cut each frame's tilt quadrature into ``segments`` consecutive parts of equal length.
+
+    The weights keep their values (a segment's weights sum to its share of the frame), so the
+    frame's integral is the sum of its segments' integrals. InputError unless ``segments``
+    divides the tilt count.
+    """
+    tilts, weights = np.asarray(tilts), np.asarray(weights)
+    count = tilts.shape[1]
+    if not (1 <= segments <= count and count % segments == 0):
+        raise InputError(f"{segments} segments do not divide {count} tilts evenly; choose a divisor of tilts",
+                         source="tilt_segments")
+    shape = (tilts.shape[0], segments, count // segments)
+    return tilts.reshape(shape), weights.reshape(shape)
+
+
+def segment_beam_sets(
+    candidates: Int[np.ndarray, "cand 3"],
+    orientations: Float[np.ndarray, "frame 3 3"],
+    axis: Float[np.ndarray, "3"],
+    tilts: Float[np.ndarray, "frame segment per"],
+    k_crystal: float,
+    sg_max: float,
+    required: Sequence[np.ndarray],
+) -> BeamSets:
+    """One beam set per frame segment, rows in frame-major order ``[frame × segment]``.
+
+    Each segment's set is the union over its own tilts of the beams with |S_g| ≤ sg_max
+    (:func:`frame_beams`), so a segment needs fewer beams than its whole frame. Every
+    ``required`` reflection of a frame is guaranteed a place in at least the segment where its
+    smallest |S_g| is smallest; elsewhere it is present only if it passes sg_max there, and
+    counts as dark in the segments without it.
+    """
+    k_lab = k_crystal * LAB_BEAM
+    lists = []
+    for f, m in enumerate(orientations):
+        hkl = np.asarray(required[f]).reshape(-1, 3)
+        g_cart = hkl @ np.asarray(m).T
+        closest = np.stack([
+            np.min(np.abs(np.stack([excitation_errors(g_cart, _rotation_np(axis, d).T @ k_lab) for d in part])), axis=0)
+            for part in tilts[f]]) if len(hkl) else np.zeros((len(tilts[f]), 0))
+        home = np.argmin(closest, axis=0)
+        for s, part in enumerate(tilts[f]):
+            lists.append(frame_beams(candidates, m, axis, part, k_crystal, sg_max, hkl[home == s]))
+    return pad_beam_sets(lists)
+
+
 def frame_intensities(
     u_table: Complex[Array, " coupling"],
     coupling_index: Int[Array, "beam beam"],

@@ -52,22 +52,40 @@ def safe_sqrt(x: Array) -> Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
+def reflection_intensities(u_table, frame: FrameArrays, delta, nodes, axis, wavelength, kappa, chunk=0,
+                           strong_beams=0):
+    """Tilt-integrated intensity of every reflection of one frame at every thickness node,
+    ``[node, refl]``: the sum over the frame's segments, each solved with its own beam set (a
+    reflection absent from a segment's set is dark there). ``chunk``: tilts solved side by side,
+    ``strong_beams``: Bethe reduction (:func:`edrefine.measurement.orientation_intensities`)."""
+    m = corrected_orientation(frame.orientation, axis, delta)
+
+    def segment(parts):
+        tilts, weights, hkl, mask, coupling, where = parts
+        stack = rotation_orientations(m, axis, tilts)
+        per_node = orientation_intensities(u_table, coupling, hkl, mask, stack, weights, wavelength, nodes, kappa,
+                                           chunk, strong_beams)
+        return jnp.where(where >= 0, per_node[:, jnp.maximum(where, 0)], 0.0)
+
+    parts = (frame.tilts, frame.tilt_weights, frame.beam_hkl, frame.beam_mask, frame.coupling_index, frame.refl_beam)
+    if frame.tilts.shape[0] == 1:
+        return segment(jax.tree_util.tree_map(lambda x: x[0], parts))
+    return jnp.sum(jax.lax.map(jax.checkpoint(segment), parts), axis=0)
+
+
 def frame_intensities(u_table, frame: FrameArrays, delta, nodes, node_weights, axis, wavelength, kappa, chunk=0,
                       strong_beams=0):
-    """Thickness- and tilt-averaged intensity of every beam of one frame, ``[beam]``; ``chunk``: tilts
-    solved side by side, ``strong_beams``: Bethe reduction
-    (:func:`edrefine.measurement.orientation_intensities`)."""
-    m = corrected_orientation(frame.orientation, axis, delta)
-    stack = rotation_orientations(m, axis, frame.tilts)
-    per_node = orientation_intensities(u_table, frame.coupling_index, frame.beam_hkl, frame.beam_mask, stack,
-                                       frame.tilt_weights, wavelength, nodes, kappa, chunk, strong_beams)
-    return node_weights @ per_node
+    """Thickness- and tilt-averaged intensity of every reflection of one frame, ``[refl]``
+    (:func:`reflection_intensities` averaged with the thickness weights)."""
+    return node_weights @ reflection_intensities(u_table, frame, delta, nodes, axis, wavelength, kappa, chunk,
+                                                 strong_beams)
 
 
 def scaled_fit(intensity, frame: FrameArrays):
-    """(χ², scale, k|Fc|) of one frame's reflections with the closed-form scale."""
+    """(χ², scale, k|Fc|) of one frame's reflections (model intensities ``[refl]``) with the
+    closed-form scale."""
     mask = frame.refl_mask & frame.frame_mask
-    fc = jnp.where(mask, safe_sqrt(intensity[frame.refl_beam]), 0.0)
+    fc = jnp.where(mask, safe_sqrt(intensity), 0.0)
     w = jnp.where(mask, frame.weight, 0.0)
     numerator = jnp.sum(w * frame.fo * fc)
     denominator = jnp.sum(w * fc * fc)
@@ -224,11 +242,8 @@ def grid_chi2(sites, kappa, orientation, frames: FrameArrays, grid, crystal, con
 
     def one(args):
         frame, delta = args
-        m = corrected_orientation(frame.orientation, axis, delta)
-        stack = rotation_orientations(m, axis, frame.tilts)
-        per_node = orientation_intensities(u_table, frame.coupling_index, frame.beam_hkl, frame.beam_mask, stack,
-                                           frame.tilt_weights, constants.wavelength, grid, kappa,
-                                           constants.tilt_chunk, constants.strong_beams)
+        per_node = reflection_intensities(u_table, frame, delta, grid, axis, constants.wavelength, kappa,
+                                          constants.tilt_chunk, constants.strong_beams)
         return jax.vmap(lambda e: scaled_fit(e @ per_node, frame)[0])(eye)
 
     return jax.lax.map(one, (frames, orientation[frames.index]))

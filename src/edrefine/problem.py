@@ -2,7 +2,8 @@
 
 :func:`prepare_dataset` turns a crystal, a PETS2 dataset and the calculation settings into a
 :class:`DatasetProblem`: per frame the measured reflections kept by the selection rule, the
-beam set (union over the frame's tilts plus those reflections), the tilt quadrature, and the
+beam set of each frame segment (union over the segment's tilts plus those reflections; one
+segment, the whole frame, unless ``tilt_segments`` says otherwise), the tilt quadrature, and the
 observed amplitudes and weights, all padded to one beam capacity and one reflection capacity
 with masks (:class:`FrameArrays`), plus the shared coupling table. Inside ``jit`` every shape
 is then static; mini-batches are index subsets of the frame axis (:meth:`FrameArrays.take`).
@@ -44,9 +45,12 @@ class FrameArrays(eqx.Module):
         index: frame index in its dataset (file order), ``[frame]``.
         alpha: goniometer angle α [deg], ``[frame]``.
         orientation: M of the frame centre, g_lab = M hkl [Å⁻¹], ``[frame 3 3]``.
-        tilts, tilt_weights: quadrature over ±half-width [rad], ``[frame tilt]``.
-        beam_hkl, beam_mask, coupling_index: padded beam sets, ``[frame beam (3|beam)]``.
-        refl_beam: index of each reflection in its frame's beam set, ``[frame refl]``.
+        tilts, tilt_weights: quadrature over ±half-width [rad], cut into consecutive segments,
+            ``[frame segment tilt]`` (the weights of all segments of a frame sum to 1).
+        beam_hkl, beam_mask, coupling_index: padded beam set of each segment,
+            ``[frame segment beam (3|beam)]``.
+        refl_beam: index of each reflection in each segment's beam set (−1: not in that set, dark
+            there), ``[frame segment refl]``.
         refl_row: row in ``PetsData.reflections`` (−1 on padding), ``[frame refl]``.
         fo, weight: |Fo| and w = 1/(σ(|Fo|)² + (μ|Fo|)²), ``[frame refl]`` (0 on padding).
         observed: I > 3σ(I), ``[frame refl]``; refl_mask: True for real reflections.
@@ -56,12 +60,12 @@ class FrameArrays(eqx.Module):
     index: Int[Array, " frame"]
     alpha: Float[Array, " frame"]
     orientation: Float[Array, "frame 3 3"]
-    tilts: Float[Array, "frame tilt"]
-    tilt_weights: Float[Array, "frame tilt"]
-    beam_hkl: Int[Array, "frame beam 3"]
-    beam_mask: Bool[Array, "frame beam"]
-    coupling_index: Int[Array, "frame beam beam"]
-    refl_beam: Int[Array, "frame refl"]
+    tilts: Float[Array, "frame segment tilt"]
+    tilt_weights: Float[Array, "frame segment tilt"]
+    beam_hkl: Int[Array, "frame segment beam 3"]
+    beam_mask: Bool[Array, "frame segment beam"]
+    coupling_index: Int[Array, "frame segment beam beam"]
+    refl_beam: Int[Array, "frame segment refl"]
     refl_row: Int[Array, "frame refl"]
     fo: Float[Array, "frame refl"]
     weight: Float[Array, "frame refl"]
@@ -73,9 +77,28 @@ class FrameArrays(eqx.Module):
     def count(self) -> int:
         return int(np.shape(self.index)[0])
 
+    @property
+    def capacity(self) -> int:
+        """Beams per solve after padding."""
+        return int(np.shape(self.beam_mask)[2])
+
+    @property
+    def segments(self) -> int:
+        """Segments per frame, each with its own beam set."""
+        return int(np.shape(self.tilts)[1])
+
+    @property
+    def tilts_per_segment(self) -> int:
+        return int(np.shape(self.tilts)[2])
+
+    @property
+    def tilt_count(self) -> int:
+        """Tilts per frame (all segments)."""
+        return self.segments * self.tilts_per_segment
+
     def beam_counts(self) -> np.ndarray:
-        """Real beams of every frame (host)."""
-        return np.asarray(self.beam_mask).sum(axis=1)
+        """Real beams of every frame's largest segment (host)."""
+        return np.asarray(self.beam_mask).sum(axis=2).max(axis=1)
 
     def take(self, rows: np.ndarray, size: int | None = None, trim: bool = True) -> FrameArrays:
         """Frames ``rows`` (host), padded to ``size`` by repeating the first with frame_mask False.
@@ -91,9 +114,9 @@ class FrameArrays(eqx.Module):
         taken = {f.name: np.asarray(getattr(self, f.name))[padded] for f in dataclasses.fields(self)}
         taken["frame_mask"] = taken["frame_mask"] & real
         if trim and len(rows):
-            n = min(bucket_capacity(int(self.beam_counts()[rows].max())), taken["beam_mask"].shape[1])
-            taken["beam_hkl"], taken["beam_mask"] = taken["beam_hkl"][:, :n], taken["beam_mask"][:, :n]
-            taken["coupling_index"] = taken["coupling_index"][:, :n, :n]
+            n = min(bucket_capacity(int(self.beam_counts()[rows].max())), self.capacity)
+            taken["beam_hkl"], taken["beam_mask"] = taken["beam_hkl"][:, :, :n], taken["beam_mask"][:, :, :n]
+            taken["coupling_index"] = taken["coupling_index"][:, :, :n, :n]
         return FrameArrays(**taken)
 
     def chunks(self, rows: np.ndarray, size: int) -> list[tuple[np.ndarray, FrameArrays]]:
@@ -111,7 +134,7 @@ class DatasetConstants(eqx.Module):
         coupling_hkl: distinct g_i − g_j of all beam sets, the origin first, ``[coupling 3]``.
         axis: goniometer axis (lab unit vector), ``[3]``.
         wavelength: λ [Å]; gamma: relativistic γ (static).
-        tilt_chunk: tilts of a frame solved side by side (static; 0: all of them), chosen by
+        tilt_chunk: tilts of a frame segment solved side by side (static; 0: all of them), chosen by
             :func:`bound_memory` so that one pass fits the memory limit.
         strong_beams: beams solved exactly per orientation, the rest by Bethe perturbation
             (static; 0: the full matrix).
@@ -186,33 +209,43 @@ def prepare_dataset(
         raise InputError("no reflection passes the selection rule; raise gmax or rsg", source=data.source or name)
     index, orientations, half_widths = index[keep], orientations[keep], half_widths[keep]
     chosen = [rows for rows, k in zip(chosen, keep) if k]
-    tilts, tilt_weights = _rotation_quadrature(settings.tilts, settings.tilt_rule, half_widths, 0.0)
+    tilts, tilt_weights = measurement.split_tilts(
+        *_rotation_quadrature(settings.tilts, settings.tilt_rule, half_widths, 0.0), settings.tilt_segments)
     candidates = lattice_points(np.asarray(data.ub), settings.gmax, centring_vectors(crystal.symops))
     required = [data.reflections.hkl[rows] for rows in chosen]
-    beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(tilts), k_crystal, settings.sgmax,
-                                            required=required)
-    arrays = _reflection_arrays(data, chosen, beam_sets, bucket_capacity(max(map(len, chosen)), refl_granularity))
+    beam_sets = measurement.segment_beam_sets(candidates, orientations, axis, tilts, k_crystal, settings.sgmax,
+                                              required)
+    segments = settings.tilt_segments
+    arrays = _reflection_arrays(data, chosen, beam_sets, segments,
+                                bucket_capacity(max(map(len, chosen)), refl_granularity))
+    per_segment = (len(index), segments)
     frames_arrays = FrameArrays(
         index=index, alpha=np.asarray(data.frames.alpha, dtype=np.float64)[index], orientation=orientations,
-        tilts=tilts, tilt_weights=tilt_weights, beam_hkl=beam_sets.hkl, beam_mask=beam_sets.mask,
-        coupling_index=beam_sets.coupling_index, frame_mask=np.ones(len(index), dtype=bool), **arrays)
+        tilts=tilts, tilt_weights=tilt_weights, beam_hkl=beam_sets.hkl.reshape(*per_segment, -1, 3),
+        beam_mask=beam_sets.mask.reshape(*per_segment, -1),
+        coupling_index=beam_sets.coupling_index.reshape(*per_segment, *beam_sets.coupling_index.shape[1:]),
+        frame_mask=np.ones(len(index), dtype=bool), **arrays)
     constants = DatasetConstants(beam_sets.coupling_hkl, axis, float(data.wavelength), float(gamma),
                                  strong_beams=settings.strong_beams)
     return DatasetProblem(frames_arrays, constants, data, name)
 
 
-def _reflection_arrays(data: PetsData, chosen: list[np.ndarray], beam_sets, capacity: int) -> dict:
+def _reflection_arrays(data: PetsData, chosen: list[np.ndarray], beam_sets, segments: int, capacity: int) -> dict:
+    """Per frame the selected reflections, padded to ``capacity``, and their place in each of the
+    frame's ``segments`` beam sets (rows ``frame × segments + segment`` of ``beam_sets``)."""
     n = len(chosen)
-    out = dict(refl_beam=np.zeros((n, capacity), np.int64), refl_row=np.full((n, capacity), -1, np.int64),
+    out = dict(refl_beam=np.full((n, segments, capacity), -1, np.int64), refl_row=np.full((n, capacity), -1, np.int64),
                fo=np.zeros((n, capacity)), weight=np.zeros((n, capacity)),
                observed=np.zeros((n, capacity), bool), refl_mask=np.zeros((n, capacity), bool))
     refl = data.reflections
     for f, rows in enumerate(chosen):
-        beams = beam_sets.hkl[f, : beam_sets.counts[f]]
-        where = measurement.lookup_beams(beams, refl.hkl[rows])
+        where = np.stack([measurement.lookup_beams(beam_sets.hkl[r, : beam_sets.counts[r]], refl.hkl[rows])
+                          for r in range(f * segments, (f + 1) * segments)])
+        if np.any((where < 0).all(axis=0)):
+            raise ValueError(f"frame {f}: a selected reflection is in none of its segments' beam sets")
         fo, w = merit.amplitudes_and_weights(refl.intensity[rows], refl.sigma[rows])
         m = len(rows)
-        out["refl_beam"][f, :m] = where
+        out["refl_beam"][f, :, :m] = where
         out["refl_row"][f, :m] = rows
         out["fo"][f, :m] = fo
         out["weight"][f, :m] = w
@@ -237,14 +270,15 @@ peak memory by ``benchmarks/memory.py`` (docs/robustness.md)."""
 def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 16, tilt_chunk: int | None = None) -> float:
     """Bytes of one frame's working set in a forward+gradient pass (an upper estimate).
 
-    Frames run one after the other (``lax.map`` under ``jax.checkpoint``), ``tilt_chunk`` of
-    their tilts side by side (default: the dataset's ``constants.tilt_chunk``; 0 means all):
+    Frames run one after the other (``lax.map`` under ``jax.checkpoint``), and so do the segments
+    of a frame, ``tilt_chunk`` of a segment's tilts side by side (default: the dataset's
+    ``constants.tilt_chunk``; 0 means all):
     chunk × (N × N matrices + N × nodes blocks) of ``itemsize`` bytes. With a Bethe reduction to
     N_s strong beams the eigenproblem's matrices are N_s × N_s and the strong rows and their
     gathers are charged as :data:`MEMORY_FULL_MATRICES_BETHE` N × N arrays.
     """
-    n = int(np.shape(problem.frames.beam_mask)[1])
-    t = int(np.shape(problem.frames.tilts)[1])
+    n = problem.frames.capacity
+    t = problem.frames.tilts_per_segment
     chunk = problem.constants.tilt_chunk if tilt_chunk is None else tilt_chunk
     t = min(t, chunk) if chunk > 0 else t
     strong = problem.constants.strong_beams
@@ -255,9 +289,9 @@ def frame_memory(problem: DatasetProblem, thickness_nodes: int, itemsize: int = 
 
 
 def resident_memory(problem: DatasetProblem) -> float:
-    """Bytes of the N × N arrays per frame kept for the whole dataset during a pass."""
-    n = int(np.shape(problem.frames.beam_mask)[1])
-    return float(MEMORY_BYTES_PER_COUPLING * n * n * problem.frames.count)
+    """Bytes of the N × N arrays per frame segment kept for the whole dataset during a pass."""
+    n = problem.frames.capacity
+    return float(MEMORY_BYTES_PER_COUPLING * n * n * problem.frames.count * problem.frames.segments)
 
 
 RUNTIME_MEMORY = 0.9e9
@@ -294,9 +328,10 @@ def check_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit
     limit = memory_limit(limit_gb)
     if limit > 0 and peak > limit:
         worst = datasets[int(np.argmax(working))]
-        n, t = np.shape(worst.frames.beam_mask)[1], np.shape(worst.frames.tilts)[1]
+        n, t = worst.frames.capacity, worst.frames.tilts_per_segment
         chunk = worst.constants.tilt_chunk
         side = f"{chunk} of {t} tilts" if 0 < chunk < t else f"{t} tilts"
+        side += f" (of each of {worst.frames.segments} segments)" if worst.frames.segments > 1 else ""
         raise InputError(
             f"a refinement step needs about {peak / 1e9:.1f} GB (dataset {worst.name}: {n} beams, {side} per "
             f"frame side by side), more than the limit of {limit / 1e9:.1f} GB; lower tilt_chunk, tilts or gmax, "
@@ -317,7 +352,7 @@ def bound_memory(datasets: Sequence[DatasetProblem], thickness_nodes: int, limit
     resident = RUNTIME_MEMORY + sum(resident_memory(d) for d in datasets)
     chosen = []
     for d in datasets:
-        t = int(np.shape(d.frames.tilts)[1])
+        t = d.frames.tilts_per_segment
         if tilt_chunk is not None:
             chunk = min(tilt_chunk, t)
         else:

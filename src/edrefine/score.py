@@ -61,6 +61,7 @@ def score_dataset(
     mosaicity: float | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     strong_beams: int = 0,
+    tilt_segments: int = 1,
 ) -> dict:
     """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
 
@@ -90,6 +91,8 @@ def score_dataset(
         progress: called as ``progress(done, total)`` after each frame is integrated.
         strong_beams: beams per orientation solved exactly, the rest by Bethe perturbation
             (:mod:`edrefine.bethe`); 0 for the full matrix.
+        tilt_segments: consecutive parts of each frame's tilts with a beam set of their own
+            (:func:`measurement.segment_beam_sets`; continuous rotation without mosaic spread).
 
     Returns:
         dict with R_obs, wR_all, GoF, R_obs_frame_mean, wR_frame_mean, n_obs, n_all, seconds,
@@ -129,29 +132,61 @@ def score_dataset(
     candidates = lattice_points(np.asarray(data.ub), g_max, centring_vectors(crystal.symops))
     required = [data.reflections.hkl[rows] for rows in chosen]
     report = None if progress is None else lambda done: progress(done, len(index))
-    if precession:
+    if tilt_segments > 1:
+        if precession or sigma > 0:
+            raise InputError("tilt segments need the rotation geometry without mosaic spread", source="tilt_segments")
+        table, beam_counts = _segmented_rows(data, index, chosen, candidates, orientations, axis, nodes, weights,
+                                             k_crystal, sg_max, tilt_segments, crystal, factors, element_index, gamma,
+                                             grid, absorption, report, strong_beams, details)
+    elif precession:
         beam_sets = measurement.orientation_beam_sets(candidates, nodes, k_crystal, sg_max, required=required)
     else:
         beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(nodes), k_crystal, sg_max,
                                                 required=required)
-    u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
-    if precession:
-        intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
-                                                       absorption, report, strong_beams)
-    else:
-        intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                                 data.wavelength, grid, absorption, report, strong_beams)
-    table = [
-        _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i], grid,
-                   details)
-        for i, (f, rows) in enumerate(zip(index, chosen))
-    ]
+    if tilt_segments <= 1:
+        u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
+        if precession:
+            intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
+                                                           absorption, report, strong_beams)
+        else:
+            intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
+                                                     data.wavelength, grid, absorption, report, strong_beams)
+        table = [
+            _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i],
+                       grid, details)
+            for i, (f, rows) in enumerate(zip(index, chosen))
+        ]
+        beam_counts = [int(c) for c in beam_sets.counts]
     result = merit.summarise(table, len(table) * (2 if thickness_search else 1))
     for row in table:
         row.pop("sums")
     result.update(seconds=time.perf_counter() - start, frames=table, settings=settings,
-                  beams_per_frame=[int(c) for c in beam_sets.counts])
+                  beams_per_frame=beam_counts)
     return result
+
+
+def _segmented_rows(data, index, chosen, candidates, orientations, axis, nodes, weights, k_crystal, sg_max, segments,
+                    crystal, factors, element_index, gamma, grid, absorption, report, strong_beams, details) -> tuple[list[dict], list[int]]:
+    """Per-frame rows (:func:`_frame_row`) with every frame segment solved with its own beam set,
+    and the beam count of every frame's largest segment."""
+    tilts, tilt_weights = measurement.split_tilts(nodes, weights, segments)
+    required = [data.reflections.hkl[rows] for rows in chosen]
+    beam_sets = measurement.segment_beam_sets(candidates, orientations, axis, tilts, k_crystal, sg_max, required)
+    u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
+    n = len(index)
+    segment_report = None if report is None else lambda done: report(done // segments)
+    intensity = measurement.integrate_frames(
+        u_table, beam_sets, np.repeat(orientations, segments, axis=0), axis, tilts.reshape(n * segments, -1),
+        tilt_weights.reshape(n * segments, -1), data.wavelength, grid, absorption, segment_report, strong_beams)
+    table = []
+    for i, (f, rows) in enumerate(zip(index, chosen)):
+        hkl = data.reflections.hkl[rows]
+        per_reflection = np.zeros((len(grid), len(rows)))
+        for r in range(i * segments, (i + 1) * segments):
+            where = measurement.lookup_beams(beam_sets.hkl[r, : beam_sets.counts[r]], hkl)
+            per_reflection += np.where(where >= 0, intensity[r][:, np.maximum(where, 0)], 0.0)
+        table.append(_frame_row(data, int(data.frames.id[f]), rows, hkl, per_reflection, grid, details))
+    return table, [int(c) for c in beam_sets.counts.reshape(n, segments).max(axis=1)]
 
 
 def _measurement_mode(data: PetsData, geometry: str, mosaicity: float | str | None) -> tuple[bool, float]:

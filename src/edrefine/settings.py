@@ -68,6 +68,9 @@ class CalculationSettings:
             enter by Bethe perturbation (:mod:`edrefine.bethe`). 0: the full matrix; 1: the
             kinematical (single-scattering) model, each reflection with the rocking curve of a
             crystal of the frame's thickness.
+        tilt_segments: consecutive parts of each frame's tilts that get a beam set of their own
+            (the union over the part's tilts instead of the whole frame's), so that a wide frame
+            needs fewer beams per solve; a divisor of ``tilts``. 1: one set per frame.
         thickness_min, thickness_max, thickness_step: thickness-search grid [Å].
     """
 
@@ -80,6 +83,7 @@ class CalculationSettings:
     form_factors: str = "lobato"
     absorption: float | None = None
     strong_beams: int = 0
+    tilt_segments: int = 1
     thickness_min: float = 50.0
     thickness_max: float = 2000.0
     thickness_step: float = 25.0
@@ -98,6 +102,10 @@ class CalculationSettings:
                              source="strong_beams")
         if not (isinstance(self.tilts, int) and self.tilts >= 1):
             raise InputError(f"must be a positive integer, got {self.tilts!r}", source="tilts")
+        if not (isinstance(self.tilt_segments, int) and 1 <= self.tilt_segments <= self.tilts
+                and self.tilts % self.tilt_segments == 0):
+            raise InputError(f"must be a divisor of tilts ({self.tilts}), got {self.tilt_segments!r}",
+                             source="tilt_segments")
         if self.tilt_rule not in ("midpoint", "uniform", "gauss"):
             raise InputError(f"must be midpoint, uniform or gauss, got {self.tilt_rule!r}", source="tilt_rule")
         if self.form_factors.lower() not in PARAMETRISATIONS + ("itc", "c4322"):
@@ -120,7 +128,8 @@ class CalculationSettings:
     def score_arguments(self) -> dict:
         """Keyword arguments of :func:`edrefine.score.score_dataset`."""
         return dict(g_max=self.gmax, sg_max=self.sgmax, tilts=self.tilts, tilt_rule=self.tilt_rule, rsg=self.rsg,
-                    dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption, strong_beams=self.strong_beams)
+                    dsg=self.dsg, form_factors=self.form_factors, absorption=self.absorption, strong_beams=self.strong_beams,
+                    tilt_segments=self.tilt_segments)
 
 
 LARGEST = {"gmax": 10.0, "sgmax": 1.0, "tilts": 1000, "strong_beams": 100_000, "thickness_max": 1e5, "absorption": 10.0}
