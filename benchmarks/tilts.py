@@ -3,10 +3,11 @@
 For frames of the CsPbBr₃ dataset (g_max 2.3, sg_max 0.02, RSg 0.66, DSg 0.0015) ``score_dataset``
 with a thickness search runs once per configuration: 42 midpoint tilts with the full matrix (the
 reference), 42 tilts with N_s = 384, 256, 128 strong beams, and 12 / 8 tilts (midpoint and
-Gauss–Legendre) with N_s = 256. Prints R(obs), the per-frame R, the chosen thickness, the time and
-Σ|ΔFc| / ΣFc against the reference (one JSON line per configuration).
+Gauss–Legendre) with N_s = 256, and frames cut into segments with a beam set each (``tilt_segments``,
+full matrix and Bethe). Prints R(obs), the per-frame R, the chosen thickness, the beams of the
+largest set, the time and Σ|ΔFc| / ΣFc against the reference (one JSON line per configuration).
 
-    python benchmarks/tilts.py [--frames 5 30]
+    python benchmarks/tilts.py [--frames 5 30] [--only NAME ...]     # names as in CONFIGS; the reference always runs
 
 Not collected by pytest. Needs ../shared/data.
 """
@@ -28,13 +29,24 @@ CONFIGS = [("full, 42 midpoint", dict(tilts=42, tilt_rule="midpoint", strong_bea
            ("Ns 128, 42 midpoint", dict(tilts=42, tilt_rule="midpoint", strong_beams=128)),
            ("Ns 256, 12 gauss", dict(tilts=12, tilt_rule="gauss", strong_beams=256)),
            ("Ns 256, 8 gauss", dict(tilts=8, tilt_rule="gauss", strong_beams=256)),
-           ("Ns 256, 12 midpoint", dict(tilts=12, tilt_rule="midpoint", strong_beams=256))]
+           ("Ns 256, 12 midpoint", dict(tilts=12, tilt_rule="midpoint", strong_beams=256)),
+           ("full, 42 midpoint, 3 segments", dict(tilts=42, tilt_rule="midpoint", strong_beams=0, tilt_segments=3)),
+           ("full, 42 midpoint, 6 segments", dict(tilts=42, tilt_rule="midpoint", strong_beams=0, tilt_segments=6)),
+           ("full, 42 midpoint, 14 segments", dict(tilts=42, tilt_rule="midpoint", strong_beams=0, tilt_segments=14)),
+           ("Ns 384, 42 midpoint, 6 segments", dict(tilts=42, tilt_rule="midpoint", strong_beams=384, tilt_segments=6)),
+           ("Ns 256, 42 midpoint, 6 segments", dict(tilts=42, tilt_rule="midpoint", strong_beams=256, tilt_segments=6)),
+           ("full, 42 midpoint, 6 segments, sg_max 0.03",
+            dict(tilts=42, tilt_rule="midpoint", strong_beams=0, tilt_segments=6, sg_max=0.03))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[5, 30])
+    parser.add_argument("--only", nargs="+", default=None, help="configurations to run besides the reference")
     args = parser.parse_args()
+    known = [name for name, _ in CONFIGS]
+    if args.only and not set(args.only) <= set(known):
+        parser.error(f"unknown configuration(s) {sorted(set(args.only) - set(known))}; known: {known}")
     jax.config.update("jax_enable_x64", True)
     from edrefine import read_crystal, read_pets
     from edrefine.score import score_dataset
@@ -44,13 +56,16 @@ def main() -> None:
     grid = np.arange(100.0, 1001.0, 50.0)
     reference = None
     for name, options in CONFIGS:
+        if reference is not None and args.only and name not in args.only:
+            continue
         start = time.perf_counter()
-        result = score_dataset(crystal, data, g_max=2.3, sg_max=0.02, rsg=0.66, dsg=0.0015, thickness_search=True,
-                               thickness_grid=grid, frames=np.asarray(args.frames), details=True, **options)
+        result = score_dataset(crystal, data, g_max=2.3, rsg=0.66, dsg=0.0015, thickness_search=True,
+                               thickness_grid=grid, frames=np.asarray(args.frames), details=True,
+                               **({"sg_max": 0.02} | options))
         seconds = time.perf_counter() - start
         fc = np.concatenate([f["fc"] / f["scale"] for f in result["frames"]])
         out = dict(name=name, seconds=seconds, R_obs=result["R_obs"], frame_R=[f["R_obs"] for f in result["frames"]],
-                   thickness=[f["thickness"] for f in result["frames"]])
+                   thickness=[f["thickness"] for f in result["frames"]], beams=max(result["beams_per_frame"]))
         if reference is None:
             reference = fc
         else:

@@ -48,7 +48,7 @@ def test_recovers_a_perturbed_structure_from_noiseless_data(truth, data):
 
 RESUMABLE = {
     "adam": RefinementSettings(thickness_model="neural", epochs=6, polish_steps=0, checkpoint_every=1,
-                               batch_frames=5, nn_width=8, nn_depth=1, report_every=100),
+                               batch_frames=5, nn_width=8, nn_depth=1, report_every=100, orientation_solver="adam"),
     "gauss-newton": RefinementSettings(thickness_model="perframe", epochs=4, polish_steps=0, checkpoint_every=1,
                                        orientation_solver="gauss-newton", orientation_every=2, report_every=100),
     "lm": RefinementSettings(thickness_model="constant", optimiser="lm", epochs=5, checkpoint_every=1,
@@ -129,7 +129,8 @@ def test_orientation_delay_holds_the_orientations_for_its_share_of_the_steps(tru
     from edrefine.optimise import build_parameters, make_optimiser
     from edrefine.refine import build_problem
 
-    settings = RefinementSettings(thickness_model="constant", epochs=10, warmup=2, orientation_delay=0.4)
+    settings = RefinementSettings(thickness_model="constant", epochs=10, warmup=2, orientation_delay=0.4,
+                                  orientation_solver="adam")
     problem = build_problem(truth, [data], CALC)
     params = build_parameters(problem, settings, None)
     optimiser = make_optimiser(params, settings, steps=10)
@@ -160,7 +161,8 @@ def test_omega_step_scales_the_rotation_about_the_beam_alone(truth, data):
     problem = build_problem(truth, [data], CALC)
     steps = {}
     for factor in (1.0, 0.25, 0.0):
-        settings = RefinementSettings(thickness_model="constant", epochs=4, warmup=0, omega_step=factor)
+        settings = RefinementSettings(thickness_model="constant", epochs=4, warmup=0, omega_step=factor,
+                                      orientation_solver="adam")
         params = build_parameters(problem, settings, None)
         optimiser = make_optimiser(params, settings, steps=4)
         arrays = eqx.filter(params, eqx.is_inexact_array)

@@ -6,8 +6,8 @@ thickness a wedge uniform over 200–500 Å whose path length grows as 1/cos(α 
 frame); 10⁵ counts for the strongest reflection, Poisson noise; g_max 1.6 Å⁻¹, sg_max 0.01 Å⁻¹,
 5 Gauss tilts per frame. Start: coordinates displaced by 0.15 Å RMS within their site-symmetry
 subspaces, every U_iso reset to 0.01 Å². Refinement: the default learned thickness model
-(``neural-grid``), Adam on positions, U, orientations and thickness, then a Levenberg–Marquardt
-polish.
+(``neural-grid``), Adam on positions, U and thickness, the orientations by a per-frame
+Gauss–Newton step every 10 epochs (the defaults), then a Levenberg–Marquardt polish.
 """
 
 from __future__ import annotations

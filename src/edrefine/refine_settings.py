@@ -56,10 +56,10 @@ class RefinementSettings:
             Δω held at zero), so that Δα and Δβ can move fast while Δω, which Adam's
             per-parameter normalisation would otherwise move by a full step whatever its
             gradient, moves little.
-        orientation_solver: adam (the orientation corrections are one more Adam group) or
-            gauss-newton (Adam holds them; every ``orientation_every`` epochs, and after the last,
-            one trust-region Gauss–Newton iteration per frame moves them with the rest fixed,
-            :mod:`edrefine.orientation_solve`). Adam optimiser only.
+        orientation_solver: gauss-newton (the default: Adam holds them; every
+            ``orientation_every`` epochs, and after the last, one trust-region Gauss–Newton
+            iteration per frame moves them with the rest fixed, :mod:`edrefine.orientation_solve`;
+            Adam optimiser only) or adam (the orientation corrections are one more Adam group).
         orientation_every: epochs between the Gauss–Newton calls.
         orientation_sigma: standard deviation [deg] with which the Gauss–Newton step restrains each
             correction to zero (None: unrestrained), so that the rotation about the beam, which the
@@ -98,9 +98,9 @@ class RefinementSettings:
     warmup: int = 5
     orientation_delay: float = 0.0
     omega_step: float = 1.0
-    orientation_solver: str = "adam"
-    orientation_every: int = 5
-    orientation_sigma: float | None = 0.1
+    orientation_solver: str = "gauss-newton"
+    orientation_every: int = 10
+    orientation_sigma: float | None = 1.0
     batch_frames: int = 0
     validation_fraction: float = 0.0
     patience: int = 30
