@@ -7,7 +7,7 @@ Gauss–Legendre) with N_s = 256, and frames cut into segments with a beam set e
 full matrix and Bethe). Prints R(obs), the per-frame R, the chosen thickness, the beams of the
 largest set, the time and Σ|ΔFc| / ΣFc against the reference (one JSON line per configuration).
 
-    python benchmarks/tilts.py [--frames 5 30] [--only NAME ...]     # names as in CONFIGS; the reference always runs
+    python benchmarks/tilts.py [--frames 5 30] [--only NAME ...] [--thickness T]   # names as in CONFIGS; the reference always runs
 
 Not collected by pytest. Needs ../shared/data.
 """
@@ -43,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[5, 30])
     parser.add_argument("--only", nargs="+", default=None, help="configurations to run besides the reference")
+    parser.add_argument("--thickness", type=float, default=None,
+                        help="one thickness [Å] for every frame instead of the search (Fc compared at equal thickness)")
     args = parser.parse_args()
     known = [name for name, _ in CONFIGS]
     if args.only and not set(args.only) <= set(known):
@@ -53,13 +55,13 @@ def main() -> None:
 
     crystal = read_crystal(DATA / "cspbbr3.cif")
     data = read_pets(DATA / "CsPbBr_P67-crot-050_dyn.cif_pets", zero_sigma="drop")
-    grid = np.arange(100.0, 1001.0, 50.0)
+    grid = np.arange(100.0, 1001.0, 50.0) if args.thickness is None else np.array([args.thickness])
     reference = None
     for name, options in CONFIGS:
         if reference is not None and args.only and name not in args.only:
             continue
         start = time.perf_counter()
-        result = score_dataset(crystal, data, g_max=2.3, rsg=0.66, dsg=0.0015, thickness_search=True,
+        result = score_dataset(crystal, data, g_max=2.3, rsg=0.66, dsg=0.0015, thickness_search=args.thickness is None,
                                thickness_grid=grid, frames=np.asarray(args.frames), details=True,
                                **({"sg_max": 0.02} | options))
         seconds = time.perf_counter() - start
