@@ -97,7 +97,8 @@ def test_gauss_newton_solver_holds_orientations_in_adam_and_runs_on_schedule(pro
     assert np.all(np.asarray(new.datasets[0].orientation) == np.asarray(params.datasets[0].orientation))
     assert np.any(np.asarray(new.sites.position_free) != np.asarray(params.sites.position_free))
     assert [e for e in range(1, 13) if orientation_due(e, settings)] == [7, 11, 12]
-    assert not any(orientation_due(e, RefinementSettings(epochs=12)) for e in range(1, 13))
+    assert [e for e in range(1, 25) if orientation_due(e, RefinementSettings(epochs=24))] == [10, 20, 24]
+    assert not any(orientation_due(e, RefinementSettings(epochs=12, orientation_solver="adam")) for e in range(1, 13))
     with pytest.raises(InputError, match="orientation_solver"):
         RefinementSettings(orientation_solver="newton")
     with pytest.raises(InputError, match="orientation_every"):
