@@ -77,7 +77,9 @@ def child(spec: dict) -> dict:
                                                                          tilt_chunk=spec.get("chunk", 0)))
     prepare = time.perf_counter() - begin
     problem = Problem(crystal, structure_context(crystal, calc), (dataset,), mesh=frame_mesh(spec.get("devices", 1)))
-    settings = RefinementSettings(thickness_model="neural", thickness_start="dataset", chunk_frames=16)
+    # chunks of 16 frames, as a refinement uses, but never padded beyond the frames timed
+    settings = RefinementSettings(thickness_model="neural", thickness_start="dataset",
+                                  chunk_frames=min(16, int(dataset.frames.count)))
     params = build_parameters(problem, settings, None)
     rows = [np.arange(dataset.frames.count)]
 
