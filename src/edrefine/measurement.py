@@ -68,6 +68,16 @@ def _rotation_np(axis: np.ndarray, angle: float) -> np.ndarray:
     return np.asarray(axis_rotation(jnp.asarray(axis, dtype=jnp.float64), jnp.asarray(angle, dtype=jnp.float64)))
 
 
+def smallest_excitation_error(
+    g_cart: Float[np.ndarray, "n 3"], axis: Float[np.ndarray, "3"], tilts: Float[np.ndarray, " tilt"], k_crystal: float
+) -> Float[np.ndarray, " n"]:
+    """min over ``tilts`` of |S_g| [Å⁻¹] for lab vectors ``g_cart`` of the untilted frame (the beam
+    fixed along −e_z, the crystal turned by δ about ``axis``)."""
+    k_lab = k_crystal * LAB_BEAM
+    s = np.stack([excitation_errors(g_cart, _rotation_np(axis, d).T @ k_lab) for d in np.atleast_1d(tilts)])
+    return np.min(np.abs(s), axis=0)
+
+
 def frame_beams(
     candidates: Int[np.ndarray, "cand 3"],
     orientation: Float[np.ndarray, "3 3"],
@@ -83,10 +93,7 @@ def frame_beams(
     S_g for g = M hkl and k = R(δ)ᵀ k. The origin comes first, then by increasing min |S_g|;
     ``required`` rows (e.g. the measured reflections that enter the fit) are appended if absent.
     """
-    k_lab = k_crystal * LAB_BEAM
-    g_cart = np.asarray(candidates) @ np.asarray(orientation).T
-    s = np.stack([excitation_errors(g_cart, _rotation_np(axis, d).T @ k_lab) for d in np.atleast_1d(tilts)])
-    s_min = np.min(np.abs(s), axis=0)
+    s_min = smallest_excitation_error(np.asarray(candidates) @ np.asarray(orientation).T, axis, tilts, k_crystal)
     s_min[0] = -1.0
     chosen = np.flatnonzero(s_min <= sg_max)
     beams = np.asarray(candidates)[chosen[np.argsort(s_min[chosen], kind="stable")]]
@@ -151,14 +158,11 @@ def segment_beam_sets(
     smallest |S_g| is smallest; elsewhere it is present only if it passes sg_max there, and
     counts as dark in the segments without it.
     """
-    k_lab = k_crystal * LAB_BEAM
     lists = []
     for f, m in enumerate(orientations):
         hkl = np.asarray(required[f]).reshape(-1, 3)
         g_cart = hkl @ np.asarray(m).T
-        closest = np.stack([
-            np.min(np.abs(np.stack([excitation_errors(g_cart, _rotation_np(axis, d).T @ k_lab) for d in part])), axis=0)
-            for part in tilts[f]]) if len(hkl) else np.zeros((len(tilts[f]), 0))
+        closest = np.stack([smallest_excitation_error(g_cart, axis, part, k_crystal) for part in tilts[f]])
         home = np.argmin(closest, axis=0)
         for s, part in enumerate(tilts[f]):
             lists.append(frame_beams(candidates, m, axis, part, k_crystal, sg_max, hkl[home == s]))

@@ -130,33 +130,27 @@ def score_dataset(
                          sweep=sweep)
 
     candidates = lattice_points(np.asarray(data.ub), g_max, centring_vectors(crystal.symops))
-    required = [data.reflections.hkl[rows] for rows in chosen]
     report = None if progress is None else lambda done: progress(done, len(index))
-    if tilt_segments > 1:
-        if precession or sigma > 0:
-            raise InputError("tilt segments need the rotation geometry without mosaic spread", source="tilt_segments")
-        table, beam_counts = _segmented_rows(data, index, chosen, candidates, orientations, axis, nodes, weights,
-                                             k_crystal, sg_max, tilt_segments, crystal, factors, element_index, gamma,
-                                             grid, absorption, report, strong_beams, details)
-    elif precession:
+    required = [data.reflections.hkl[rows] for rows in chosen]
+    if precession:
+        if tilt_segments > 1:
+            raise InputError("tilt segments need the rotation geometry", source="tilt_segments")
         beam_sets = measurement.orientation_beam_sets(candidates, nodes, k_crystal, sg_max, required=required)
-    else:
-        beam_sets = measurement.frame_beam_sets(candidates, orientations, axis, list(nodes), k_crystal, sg_max,
-                                                required=required)
-    if tilt_segments <= 1:
         u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
-        if precession:
-            intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
-                                                           absorption, report, strong_beams)
-        else:
-            intensity = measurement.integrate_frames(u_table, beam_sets, orientations, axis, nodes, weights,
-                                                     data.wavelength, grid, absorption, report, strong_beams)
+        intensity = measurement.integrate_orientations(u_table, beam_sets, nodes, weights, data.wavelength, grid,
+                                                       absorption, report, strong_beams)
         table = [
             _frame_row(data, int(data.frames.id[f]), rows, beam_sets.hkl[i, : beam_sets.counts[i]], intensity[i],
                        grid, details)
             for i, (f, rows) in enumerate(zip(index, chosen))
         ]
         beam_counts = [int(c) for c in beam_sets.counts]
+    else:
+        if tilt_segments > 1 and sigma > 0:
+            raise InputError("tilt segments need the rotation geometry without mosaic spread", source="tilt_segments")
+        table, beam_counts = _rotation_rows(data, index, chosen, required, candidates, orientations, axis, nodes,
+                                            weights, k_crystal, sg_max, tilt_segments, crystal, factors, element_index,
+                                            gamma, grid, absorption, report, strong_beams, details)
     result = merit.summarise(table, len(table) * (2 if thickness_search else 1))
     for row in table:
         row.pop("sums")
@@ -165,12 +159,13 @@ def score_dataset(
     return result
 
 
-def _segmented_rows(data, index, chosen, candidates, orientations, axis, nodes, weights, k_crystal, sg_max, segments,
-                    crystal, factors, element_index, gamma, grid, absorption, report, strong_beams, details) -> tuple[list[dict], list[int]]:
-    """Per-frame rows (:func:`_frame_row`) with every frame segment solved with its own beam set,
-    and the beam count of every frame's largest segment."""
+def _rotation_rows(data, index, chosen, required, candidates, orientations, axis, nodes, weights, k_crystal, sg_max,
+                   segments, crystal, factors, element_index, gamma, grid, absorption, report, strong_beams,
+                   details) -> tuple[list[dict], list[int]]:
+    """Per-frame rows (:func:`_frame_row`) of continuous rotation, every frame segment solved with
+    its own beam set (one segment: the whole frame), and the beam count of every frame's largest
+    segment."""
     tilts, tilt_weights = measurement.split_tilts(nodes, weights, segments)
-    required = [data.reflections.hkl[rows] for rows in chosen]
     beam_sets = measurement.segment_beam_sets(candidates, orientations, axis, tilts, k_crystal, sg_max, required)
     u_table = crystal_potential(crystal, factors, element_index, jnp.asarray(beam_sets.coupling_hkl), gamma)
     n = len(index)
