@@ -92,6 +92,11 @@ def test_outputs_refusal_to_overwrite_ctrl_c_kill_and_resume(dataset, tmp_path):
                 "history", "start", "edrefine_version", "inputs", "seed"):
         assert key in metrics, key
     assert 0 < len(metrics["history"]) <= 60
+    # stderr is a pipe here: the progress is plain lines, one per stage and epoch, as they happen
+    log = result.stderr.splitlines()
+    assert any("starting thickness search" in line for line in log), result.stderr
+    assert sum("epoch " in line and "/60" in line for line in log) == len(metrics["history"])
+    assert any("standard uncertainties" in line for line in log)
     header = (whole / "reflections.csv").read_text().splitlines()[0]
     assert header == "dataset,h,k,l,frame,Io,sigma,Ic,observed"
     refined = (whole / "refined.cif").read_text()

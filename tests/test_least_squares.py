@@ -109,3 +109,35 @@ def test_levenberg_marquardt_refines_structure_orientations_and_thickness_togeth
     losses = [h["loss"] for h in result.history]
     assert all(b <= a * (1 + 1e-9) + 1e-24 for a, b in zip(losses, losses[1:]))  # rounding once χ² ≈ 0
     assert all("lambda" in h for h in result.history)
+
+
+def test_uncertainties_from_chunked_normal_equations_equal_the_dense_jacobian(problem_and_params):
+    """Σ = GoF² (JᵀJ)⁻¹ summed chunk by chunk with tangent blocks equals the one-piece ``jacfwd``."""
+    from edrefine.loss import StructuralIndex, residual_vector
+    from edrefine.uncertainty import observation_count, structural_covariance
+
+    problem, params = problem_and_params
+    index = StructuralIndex.of(problem.crystal, ("positions", "adp"))
+    y = index.to_vector(params.sites)
+    r = np.asarray(residual_vector(y, params, index, problem))
+    j = np.asarray(jax.jacfwd(lambda v: residual_vector(v, params, index, problem))(y))
+    n = observation_count(problem)
+    assert n == int(np.sum(np.any(j != 0, axis=1) | (r != 0)))
+    dense = np.linalg.inv(j.T @ j) * float(r @ r) / (n - index.size)
+    for chunk, block in ((3, 4), (64, 32)):
+        covariance, gof = structural_covariance(params, problem, index, chunk=chunk, block=block)
+        np.testing.assert_allclose(covariance, dense, rtol=1e-8)
+        np.testing.assert_allclose(gof, np.sqrt(float(r @ r) / (n - index.size)), rtol=1e-10)
+
+
+def test_the_tangent_block_fits_the_memory_limit(problem_and_params):
+    from edrefine.least_squares import tangent_block
+    from edrefine.problem import RUNTIME_MEMORY, frame_memory, resident_memory
+
+    problem, _ = problem_and_params
+    dataset = problem.datasets[0]
+    working, resident = frame_memory(dataset, 1), RUNTIME_MEMORY + resident_memory(dataset)
+    assert tangent_block(problem, 1, (resident + 5.5 * working) / 1e9, 40) == 5
+    assert tangent_block(problem, 1, (resident + 5.5 * working) / 1e9, 3) == 3
+    assert tangent_block(problem, 1, resident / 1e9, 40) == 1
+    assert tangent_block(problem, 1, 1e6, 400) == 32

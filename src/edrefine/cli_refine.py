@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -18,12 +19,52 @@ from .errors import InputError
 RUN = "Refinement"
 
 
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Progress:
+    """Progress of a refinement on stderr: a live bar on a terminal, plain lines otherwise (a
+    log file of a long run then shows each stage and epoch as it happens)."""
 
-    return Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    def __init__(self, epochs: int):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.epochs = epochs
+        self.begin = time.perf_counter()
+        self.bar = None
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                                transient=True)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+            self.task = self.bar.add_task(RUN, total=self.epochs, info="preparing")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            return self.bar.__exit__(*exc)
+        return False
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.begin:7.0f} s] {text}", file=sys.stderr, flush=True)
+
+    def stage(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, info=text)
+        else:
+            self._line(text)
+
+    def epoch(self, state, record: dict) -> None:
+        info = f"loss {record['loss']:.4g}"
+        if "R_obs_frame_mean" in record:
+            info += f"  R_obs {100 * record['R_obs_frame_mean']:.2f} %"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.epoch, info=info)
+        else:
+            self._line(f"epoch {state.epoch}/{self.epochs}  {info}  ({record.get('seconds', math.nan):.0f} s)")
 
 
 def _check_folder(out: Path, resume: bool) -> None:
@@ -51,17 +92,9 @@ def run_refinement(crystal, datasets, calculation, settings, out: Path, *, resum
 
     provenance = dict(provenance or {})
     key = checkpoint.fingerprint(provenance, calculation.__dict__, settings.as_dict(), restraints)
-    with _progress_bar() as bar:
-        task = bar.add_task(RUN, total=settings.epochs, info="preparing")
-
-        def on_epoch(state, record):
-            info = f"loss {record['loss']:.4g}"
-            if "R_obs_frame_mean" in record:
-                info += f"  R_obs {100 * record['R_obs_frame_mean']:.2f} %"
-            bar.update(task, completed=state.epoch, info=info)
-
+    with _Progress(settings.epochs) as progress:
         result = refine(crystal, datasets, calculation, settings, restraints=restraints, folder=out, resume=resume,
-                        fingerprint=key, on_epoch=on_epoch, names=names)
+                        fingerprint=key, on_epoch=progress.epoch, names=names, on_stage=progress.stage)
     from . import __version__
 
     provenance.update(edrefine_version=__version__, seed=settings.seed)

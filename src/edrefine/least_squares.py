@@ -20,8 +20,9 @@ first-order optimisers on the same problem:
   (:func:`edrefine.parameters.project`).
 
 Frame scales are profiled out inside the residuals, as in every other part of the objective.
-The structural-only L–M polish after Adam (:func:`edrefine.optimise.polish`) is a separate,
-small optimistix solve.
+The structural-only L–M polish after Adam (:func:`polish`) and the standard uncertainties
+(:mod:`edrefine.uncertainty`) use the same chunked normal equations, with a tangent block that
+fits the memory limit (:func:`tangent_block`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .loss import Problem, StructuralIndex, weighted_residuals
 from .objective import evaluate_frames
 from .optimise import _close_epoch, batch_denominator, evaluate_loss
 from .parameters import RefinementParameters, group_labels, project
+from .problem import RUNTIME_MEMORY, frame_memory, memory_limit, resident_memory
 from .restraints import restraint_residuals
 
 STRUCTURAL = ("positions", "adp", "occupancy")
@@ -84,19 +86,45 @@ class Layout(eqx.Module):
 
 @eqx.filter_jit
 def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int):
-    """(JᵀJ, Jᵀr, rᵀr) of one chunk of frames of dataset ``d`` at ``vector`` (forward mode)."""
+    """(JᵀJ, Jᵀr, rᵀr) of one chunk of frames of dataset ``d`` at ``vector`` (forward mode).
+
+    The tangents go ``block`` at a time, each block with its own primal pass (``jax.jvp`` mapped
+    over the block), so the memory is that of one frame's tilts in flight times the block, not
+    the linearisation of the whole chunk."""
 
     def residuals(v):
         p = layout.from_vector(v, params)
         e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
         return weighted_residuals(e.fc, frames)
 
-    r, tangent = jax.linearize(residuals, vector)
     n = vector.shape[0]
     blocks = -(-n // block)
     basis = jnp.eye(blocks * block, n, dtype=vector.dtype).reshape(blocks, block, n)
-    jt = jax.lax.map(jax.vmap(tangent), basis).reshape(blocks * block, -1)[:n]  # Jᵀ [p m]
+
+    def pushed(tangents):
+        return jax.vmap(lambda t: jax.jvp(residuals, (vector,), (t,)), out_axes=(None, 0))(tangents)
+
+    if blocks == 1:
+        r, jt = pushed(basis[0])
+    else:
+        r = residuals(vector)
+        jt = jax.lax.map(lambda tangents: pushed(tangents)[1], basis)
+    jt = jt.reshape(blocks * block, -1)[:n]  # Jᵀ [p m]
     return jt @ jt.T, jt @ r, r @ r
+
+
+def tangent_block(problem: Problem, thickness_nodes: int, limit_gb: float | None, parameters: int,
+                  largest: int = 32) -> int:
+    """Tangents pushed side by side in :func:`chunk_normal_equations`: the most (up to
+    ``largest`` and the parameter count) whose working set, about one forward+gradient frame
+    working set per tangent (:func:`edrefine.problem.frame_memory`), fits the memory limit."""
+    limit = memory_limit(limit_gb)
+    resident = RUNTIME_MEMORY + sum(resident_memory(d) for d in problem.datasets)
+    working = max(frame_memory(d, thickness_nodes) for d in problem.datasets)
+    cap = max(1, min(largest, parameters))
+    if limit <= 0:
+        return cap
+    return int(max(1, min(cap, (limit - resident) // max(working, 1.0))))
 
 
 @eqx.filter_jit
@@ -159,6 +187,63 @@ def initial_state() -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(1e-3), jnp.asarray(2.0)
 
 
+def marquardt_trials(params, problem: Problem, layout: Layout, normal, gradient, chi2: float, damping: float,
+                     nu: float, chunk: int, u_min: float, max_trials: int = 12):
+    """Damped steps from ``params`` until one lowers χ² (Nielsen's rule for λ and ν).
+
+    Returns ((params, χ²) of the accepted step or None, λ, ν, trial count); each trial costs one
+    forward pass. The step is projected onto the constraints before its χ² is taken."""
+    vector = np.asarray(layout.to_vector(params))
+    scaling = marquardt_scaling(normal)
+    trials = 0
+    while trials < max_trials:
+        trials += 1
+        delta = damped_step(normal, gradient, damping, scaling)
+        # χ²(δ) ≈ χ² + 2gᵀδ + δᵀAδ, so the predicted decrease is δᵀ(λDδ − g)
+        predicted = float(delta @ (damping * scaling * delta - gradient))
+        candidate = project(layout.from_vector(jnp.asarray(vector + delta), params), problem.crystal, u_min)
+        new = total_chi2(candidate, problem, chunk)
+        gain = (chi2 - new) / predicted if predicted > 0 else -1.0
+        if math.isfinite(new) and new < chi2 and gain > 0:
+            damping *= max(1 / 3, 1 - (2 * gain - 1) ** 3)
+            return (candidate, new), damping, 2.0, trials
+        damping *= nu
+        nu *= 2.0
+    return None, damping, nu, trials
+
+
+def polish(problem: Problem, params: RefinementParameters, settings, steps: int, block: int = 32):
+    """Levenberg–Marquardt on the refined structural groups, the rest fixed; returns (params, info).
+
+    The normal equations come chunk by chunk with ``block`` tangents at a time
+    (:func:`normal_equations`), so the polish needs no more memory than the refinement steps."""
+    layout = Layout.of(params, problem.crystal, tuple(g for g in STRUCTURAL if g in settings.refine))
+    if layout.size(params) == 0 or steps == 0:
+        return params, {"steps": 0}
+    chunk = problem.chunk_size(settings.chunk_frames)
+    damping, nu = (float(x) for x in initial_state())
+    before = None
+    current = params
+    done = 0
+    for _ in range(steps):
+        normal, gradient, chi2 = normal_equations(current, problem, layout, chunk, block)
+        if before is None:
+            before = chi2
+        if not (math.isfinite(chi2) and np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient))):
+            break
+        accepted, damping, nu, _ = marquardt_trials(current, problem, layout, normal, gradient, chi2, damping, nu,
+                                                    chunk, settings.u_min)
+        if accepted is None:
+            break
+        done += 1
+        current, after = accepted
+        if (chi2 - after) <= 1e-10 * chi2:
+            break
+    if done == 0:
+        return params, {"steps": 0, "chi2_before": before, "chi2_after": before, "rejected": True}
+    return current, {"steps": done, "chi2_before": before, "chi2_after": after}
+
+
 def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | None = None, block: int = 32):
     """Levenberg–Marquardt iterations from ``state.epoch`` to ``settings.epochs`` (or convergence).
 
@@ -177,25 +262,8 @@ def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | No
         normal, gradient, chi2 = normal_equations(state.params, problem, layout, chunk, block)
         if not (math.isfinite(chi2) and np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient))):
             raise FloatingPointError(f"non-finite χ² or Jacobian at iteration {state.epoch}")
-        vector = np.asarray(layout.to_vector(state.params))
-        scaling = marquardt_scaling(normal)
-        trials, accepted = 0, None
-        while trials < 12:
-            trials += 1
-            delta = damped_step(normal, gradient, damping, scaling)
-            # χ²(δ) ≈ χ² + 2gᵀδ + δᵀAδ, so the predicted decrease is δᵀ(λDδ − g)
-            predicted = float(delta @ (damping * scaling * delta - gradient))
-            candidate = project(layout.from_vector(jnp.asarray(vector + delta), state.params), problem.crystal,
-                                settings.u_min)
-            new = total_chi2(candidate, problem, chunk)
-            gain = (chi2 - new) / predicted if predicted > 0 else -1.0
-            if math.isfinite(new) and new < chi2 and gain > 0:
-                damping *= max(1 / 3, 1 - (2 * gain - 1) ** 3)
-                nu = 2.0
-                accepted = (candidate, new)
-                break
-            damping *= nu
-            nu *= 2.0
+        accepted, damping, nu, trials = marquardt_trials(state.params, problem, layout, normal, gradient, chi2,
+                                                         damping, nu, chunk, settings.u_min)
         state.epoch += 1
         if accepted is None:
             state.stopped = (f"Levenberg–Marquardt converged at iteration {state.epoch}: no step lowers χ² "

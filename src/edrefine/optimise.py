@@ -10,9 +10,11 @@
    validation split by frames, early stopping and keep-best; or L-BFGS (optax, zoom line
    search). Steps that give a non-finite loss or parameters are rolled back and the step
    size halved. Every parameter update is followed by :func:`~edrefine.parameters.project`.
-3. Optional Levenberg–Marquardt polish of the structural parameters (optimistix, Jacobians in
-   forward mode through the custom JVP of the propagator) with the rest fixed; ``optimiser=lm``
-   runs only this stage (the second-order baseline of traditional programs).
+3. Optional Levenberg–Marquardt polish of the structural parameters with the rest fixed
+   (:func:`edrefine.least_squares.polish`: normal equations chunk by chunk, Jacobians in
+   forward mode through the custom JVP of the propagator, tangents in memory-bounded blocks);
+   ``optimiser=lm`` runs Levenberg–Marquardt on every refined group instead (the second-order
+   baseline of traditional programs).
 4. Standard uncertainties from the curvature at convergence (:mod:`edrefine.uncertainty`).
 
 Everything is deterministic for a given seed; :class:`Checkpointer` hooks save the state every
@@ -31,10 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optimistix as optx
 
 from .learned_thickness import Bounds, make_thickness_model
-from .loss import Problem, StructuralIndex, residual_vector, total_loss
+from .loss import Problem, total_loss
 from .objective import chunk_evaluation, chunk_value_and_grad, grid_chi2_jit
 from .orientation_solve import orientation_step
 from .parameters import GROUPS, RefinementParameters, group_labels, initial_parameters, project
@@ -386,32 +387,6 @@ def run_lbfgs(problem: Problem, state: TrainingState, settings: RefinementSettin
     if state.best_params is not None:
         state.params = state.best_params
     return state
-
-
-def polish(problem: Problem, params: RefinementParameters, settings: RefinementSettings, steps: int):
-    """Levenberg–Marquardt on the refined structural groups, the rest fixed; returns (params, info)."""
-    groups = tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine)
-    index = StructuralIndex.of(problem.crystal, groups)
-    if index.size == 0 or steps == 0:
-        return params, {"steps": 0}
-    y0 = index.to_vector(params.sites)
-
-    def residuals(y, _):
-        return residual_vector(y, params, index, problem)
-
-    chi2 = jax.jit(lambda y: jnp.sum(residuals(y, None) ** 2))
-    before = float(chi2(y0))
-    solution = optx.least_squares(residuals, optx.LevenbergMarquardt(rtol=1e-7, atol=1e-9), y0, max_steps=steps,
-                                  throw=False)
-    candidate = project(eqx.tree_at(lambda p: p.sites, params, index.from_vector(solution.value, params.sites)),
-                        problem.crystal, settings.u_min)
-    after = float(chi2(index.to_vector(candidate.sites)))
-    info = {"steps": int(solution.stats["num_steps"]), "chi2_before": before, "chi2_after": after,
-            "result": str(solution.result)}
-    if not (math.isfinite(after) and after <= before):
-        info["rejected"] = True
-        return params, info
-    return candidate, info
 
 
 def training_state(params: RefinementParameters) -> TrainingState:

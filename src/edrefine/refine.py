@@ -22,9 +22,8 @@ from .crystal import Crystal
 from .errors import InputError
 from .loss import Problem, StructuralIndex
 from .least_squares import initial_state as least_squares_start
-from .least_squares import run_least_squares
-from .optimise import (TrainingState, build_parameters, first_order_optimiser, polish, run_first_order, run_lbfgs,
-                       training_state)
+from .least_squares import Layout, polish, run_least_squares, tangent_block
+from .optimise import TrainingState, build_parameters, first_order_optimiser, run_first_order, run_lbfgs, training_state
 from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
 from .pets import PetsData
@@ -94,6 +93,7 @@ def refine(
     fingerprint: str = "",
     on_epoch: Callable[[TrainingState, dict], None] | None = None,
     names: Sequence[str] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> RefinementResult:
     """Refine ``crystal`` against ``datasets`` (see :mod:`edrefine.optimise` for the recipe).
 
@@ -106,14 +106,24 @@ def refine(
         folder: where checkpoints go (None: no checkpoints); resume: continue from its checkpoint.
         fingerprint: identifies inputs and settings; a checkpoint with another one is refused.
         on_epoch: called after every epoch with the state and the epoch's record.
+        on_stage: called with a short description when a stage starts (beam sets, thickness
+            search, epochs, polish, uncertainties), for progress displays.
     """
     begin = time.perf_counter()
+
+    def stage_hook(text: str) -> None:
+        if on_stage is not None:
+            on_stage(text)
+
+    stage_hook("beam sets and reflections")
     start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
     problem = build_problem(start, datasets, calculation, restraints, names)
-    bounded, _ = bound_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes),
-                              settings.memory_limit, settings.tilt_chunk)
+    nodes = node_count(settings.thickness_model, settings.grid_nodes)
+    bounded, _ = bound_memory(problem.datasets, nodes, settings.memory_limit, settings.tilt_chunk)
     problem = dataclasses.replace(problem, datasets=bounded, mesh=frame_mesh(settings.devices))
+    stage_hook("starting thickness search")
     params = build_parameters(problem, settings, calculation.absorption)
+    stage_hook("starting R")
     start_metrics, start_table = _summary(params, problem, settings)
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
     state = training_state(params)
@@ -137,13 +147,16 @@ def refine(
             on_epoch(s, record)
 
     interrupted = False
+    stage_hook("epochs")
     try:
         if stage == "first-order" and settings.optimiser == "adam":
             state = run_first_order(problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lbfgs":
             state = run_lbfgs(problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lm":
-            state = run_least_squares(problem, state, settings, epoch_hook)
+            layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
+            state = run_least_squares(problem, state, settings, epoch_hook,
+                                      tangent_block(problem, nodes, settings.memory_limit, layout_size))
     except KeyboardInterrupt:
         interrupted = True
         if folder is not None:
@@ -163,16 +176,25 @@ def refine(
     if folder is not None and not interrupted:
         checkpoint.save(folder, state, "polish", fingerprint)
     steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
-    params, info = polish(problem, state.params, settings, steps)
-    if info.get("steps"):
+    index = StructuralIndex.of(start, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
+    block = tangent_block(problem, nodes, settings.memory_limit, index.size)
+    if steps:
+        stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
+    params, info = polish(problem, state.params, settings, steps, block)
+    if info.get("rejected"):
+        state.events.append(f"Levenberg–Marquardt polish: no step lowered χ² ({info['chi2_before']:.6g}); kept the "
+                            "refined structure")
+    elif info.get("steps"):
         state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "
-                            f"{info['chi2_after']:.6g}" + (" (rejected)" if info.get("rejected") else ""))
+                            f"{info['chi2_after']:.6g}")
+    stage_hook("final R")
     metrics, table = _summary(params, problem, settings)
     metrics["start"] = start_metrics
     refined = start.with_params(params.sites)
-    index = StructuralIndex.of(start, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
     if index.size:
-        uncertainties, _, _ = crystal_uncertainties(params, problem, index, count_parameters(params, start, settings))
+        stage_hook("standard uncertainties")
+        uncertainties, _, _ = crystal_uncertainties(params, problem, index, count_parameters(params, start, settings),
+                                                    settings.chunk_frames, block)
     else:
         n = len(start.labels)
         uncertainties = Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan),

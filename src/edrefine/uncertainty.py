@@ -6,44 +6,55 @@ structural parameters p (free coordinates θ, U coefficients φ, occupancies), t
     Σ_p = GoF² (Jᵀ J)⁻¹,    GoF² = Σ r² / (N_refl − N_par),
 
 the usual least-squares estimate (Jᵀ W J with W folded into r). J is taken in forward mode
-(``jax.jacfwd``, one tangent per parameter through the propagator's custom JVP). Coordinates
+(one tangent per parameter through the propagator's custom JVP), chunk by chunk of frames, and
+only JᵀJ and χ² are kept (:func:`edrefine.least_squares.normal_equations`). Coordinates
 follow x = x₀ + Pθ, so Σ_x = P Σ_θ Pᵀ per site; U_cif = Bφ for anisotropic sites.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .cif import Uncertainties
-from .loss import Problem, StructuralIndex, residual_vector
+from .least_squares import Layout, normal_equations
+from .loss import Problem, StructuralIndex
 from .parameters import RefinementParameters
+from .restraints import restraint_residuals
+
+
+def observation_count(problem: Problem) -> int:
+    """Residuals of the refinement: the real reflections of every dataset plus the restraints."""
+    count = 0
+    for dataset in problem.datasets:
+        frames = dataset.frames
+        count += int(np.sum(np.asarray(frames.refl_mask) & np.asarray(frames.frame_mask)[:, None]))
+    if problem.restraints is not None:
+        count += int(np.size(restraint_residuals(problem.crystal, problem.restraints)))
+    return count
 
 
 def structural_covariance(params: RefinementParameters, problem: Problem, index: StructuralIndex,
-                          n_parameters: int | None = None) -> tuple[np.ndarray, float]:
-    """(Σ_p ``[p p]``, GoF) at ``params``; GoF counts ``n_parameters`` (default: the vector size)."""
-    y = index.to_vector(params.sites)
+                          n_parameters: int | None = None, chunk: int = 16, block: int = 32
+                          ) -> tuple[np.ndarray, float]:
+    """(Σ_p ``[p p]``, GoF) at ``params``; GoF counts ``n_parameters`` (default: the vector size).
 
-    @jax.jit
-    def linearise(v):
-        return residual_vector(v, params, index, problem), jax.jacfwd(lambda u: residual_vector(u, params, index, problem))(v)
-
-    residual, jacobian = (np.asarray(a) for a in linearise(y))
-    used = np.any(jacobian != 0, axis=1) | (residual != 0)
-    n = int(np.sum(used))
+    JᵀJ and χ² are summed chunk by chunk of ``chunk`` frames with ``block`` tangents at a time
+    (:func:`edrefine.least_squares.normal_equations`), so memory stays that of a refinement step."""
+    layout = Layout(index, Layout.of(params, problem.crystal, ()).others)
+    normal, _, chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+    n = observation_count(problem)
     p = index.size if n_parameters is None else n_parameters
-    gof2 = float(np.sum(residual**2) / max(n - p, 1))
-    normal = jacobian.T @ jacobian
+    gof2 = float(chi2 / max(n - p, 1))
     covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True) * gof2
     return covariance, float(np.sqrt(gof2))
 
 
 def crystal_uncertainties(params: RefinementParameters, problem: Problem, index: StructuralIndex,
-                          n_parameters: int | None = None) -> tuple[Uncertainties, np.ndarray, float]:
+                          n_parameters: int | None = None, chunk: int = 16, block: int = 32
+                          ) -> tuple[Uncertainties, np.ndarray, float]:
     """s.u.s of coordinates (fractional), U_cif [Å²] and occupancies for the CIF, with Σ_p and GoF."""
-    covariance, gof = structural_covariance(params, problem, index, n_parameters)
+    covariance, gof = structural_covariance(params, problem, index, n_parameters, chunk, block)
     crystal = problem.crystal
     sites = len(crystal.labels)
     position_basis = np.asarray(crystal.position_basis)
