@@ -131,3 +131,26 @@ def test_strong_rows_from_the_table_equal_the_reduction_of_the_full_matrix(orien
         a = bethe.reduced_propagate(full, phase, s, mask, 12, absorptive)
         b = bethe.strong_rows_propagate(u, index, s, gn, k, kn, mask, phase, 12, kappa)
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_the_fold_and_its_derivatives_equal_the_plain_product(dtype):
+    """bethe.fold's hand-written tangent (one product for the couplings) against autodiff of the
+    plain expression, forward and reverse, with and without a tangent of the weak diagonal."""
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(9, 4)).astype(dtype)
+    if np.iscomplexobj(a):
+        a = a + 1j * rng.normal(size=a.shape)
+    a, d = jnp.asarray(a), jnp.asarray(rng.uniform(1.0, 3.0, 9) * np.sign(rng.normal(size=9)))
+    plain = lambda a, d: (jnp.conj(a).T / d[None, :]) @ a  # noqa: E731
+    np.testing.assert_allclose(bethe.fold(a, d), plain(a, d), rtol=1e-13)
+    da, dd = jnp.asarray(rng.normal(size=a.shape)).astype(a.dtype), jnp.asarray(rng.normal(size=9))
+    for tangents in ((da, dd), (da, jnp.zeros(9)), (jnp.zeros_like(a), dd)):
+        np.testing.assert_allclose(jax.jvp(bethe.fold, (a, d), tangents)[1], jax.jvp(plain, (a, d), tangents)[1],
+                                   rtol=1e-12, atol=1e-13)
+    only_a = jax.jvp(lambda x: bethe.fold(x, d), (a,), (da,))[1]
+    np.testing.assert_allclose(only_a, jax.jvp(lambda x: plain(x, d), (a,), (da,))[1], rtol=1e-12, atol=1e-13)
+    weights = jnp.asarray(rng.normal(size=(4, 4)))
+    loss = lambda f: lambda a, d: jnp.sum(weights * jnp.real(f(a, d) * jnp.conj(f(a, d))))  # noqa: E731
+    for got, want in zip(jax.grad(loss(bethe.fold), argnums=(0, 1))(a, d), jax.grad(loss(plain), argnums=(0, 1))(a, d)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)

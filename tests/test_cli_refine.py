@@ -148,7 +148,7 @@ def _checkpoint_epoch(folder: pathlib.Path) -> int:
 
 def _without_times(value):
     if isinstance(value, dict):
-        return {k: _without_times(v) for k, v in value.items() if k != "seconds"}
+        return {k: _without_times(v) for k, v in value.items() if not k.endswith("seconds")}
     if isinstance(value, list):
         return [_without_times(v) for v in value]
     return value

@@ -130,14 +130,22 @@ def test_uncertainties_from_chunked_normal_equations_equal_the_dense_jacobian(pr
         np.testing.assert_allclose(gof, np.sqrt(float(r @ r) / (n - index.size)), rtol=1e-10)
 
 
-def test_the_tangent_block_fits_the_memory_limit(problem_and_params):
-    from edrefine.least_squares import tangent_block
+def test_the_tangent_plan_fits_the_memory_limit_with_fewer_tilts_before_fewer_tangents(problem_and_params):
+    from edrefine.least_squares import tangent_plan
     from edrefine.problem import RUNTIME_MEMORY, frame_memory, resident_memory
 
     problem, _ = problem_and_params
     dataset = problem.datasets[0]
-    working, resident = frame_memory(dataset, 1), RUNTIME_MEMORY + resident_memory(dataset)
-    assert tangent_block(problem, 1, (resident + 5.5 * working) / 1e9, 40) == 5
-    assert tangent_block(problem, 1, (resident + 5.5 * working) / 1e9, 3) == 3
-    assert tangent_block(problem, 1, resident / 1e9, 40) == 1
-    assert tangent_block(problem, 1, 1e6, 400) == 32
+    assert dataset.frames.tilts_per_segment == 3
+    resident = RUNTIME_MEMORY + resident_memory(dataset)
+    per_tilt = frame_memory(dataset, 1, tilt_chunk=1)
+
+    def plan(limit_bytes, parameters):
+        planned, block = tangent_plan(problem, 1, limit_bytes / 1e9, parameters)
+        return block, planned.datasets[0].constants.tilt_chunk
+
+    assert plan(resident + 40 * frame_memory(dataset, 1, tilt_chunk=3), 40) == (32, 0)  # all tilts side by side
+    assert plan(resident + 32.5 * per_tilt, 40) == (32, 1)  # one tilt at a time keeps all 32 tangents together
+    assert plan(resident + 5.5 * per_tilt, 40) == (5, 1)
+    assert plan(resident + 5.5 * per_tilt, 3) == (3, 1)
+    assert plan(resident, 40) == (1, 1)

@@ -1,5 +1,6 @@
 """Refinement end to end on tiny synthetic data: recovery, resume equals uninterrupted, optimisers, s.u.s."""
 
+import dataclasses
 import pathlib
 
 import jax
@@ -215,3 +216,33 @@ def test_a_run_that_keeps_failing_stops_at_its_best_state_and_says_why(truth, da
     leaves = jax.tree_util.tree_leaves(eqx.filter(result.params, eqx.is_inexact_array))
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
     assert np.isfinite(result.metrics["wR_all"]) and result.metrics["wR_all"] < result.metrics["start"]["wR_all"]
+
+
+def test_the_planned_epoch_count_is_the_most_whose_cost_fits_the_time_left():
+    import time
+
+    from edrefine.optimise import TimeBudget, TrainingState, planned_epochs
+
+    state = TrainingState(params=None, opt_state=None, epoch=2)
+    quiet = RefinementSettings(epochs=150, orientation_solver="adam", report_every=1000)
+    budget = TimeBudget(deadline=time.perf_counter() + 1000.0, reserve=0.0, forward=0.0)
+    assert planned_epochs(state, quiet, budget, epoch_seconds=99.9) == 12  # 10 more epochs fit in 1000 s
+    assert planned_epochs(state, quiet, budget, epoch_seconds=0.01) == 150  # never more than asked for
+    assert planned_epochs(state, quiet, dataclasses.replace(budget, reserve=2000.0), epoch_seconds=1.0) == 2
+    # a Gauss–Newton call every 10 epochs and at the last, each three epochs' worth: 10 + 3 + 3 = 16 epochs' time
+    gauss = RefinementSettings(epochs=150, orientation_every=10, report_every=1000)
+    assert planned_epochs(state, gauss, budget, epoch_seconds=1000 / 16.5, orientation_seconds=3 * 1000 / 16.5) == 12
+
+
+def test_a_time_limited_run_plans_fewer_epochs_and_still_writes_a_complete_result(truth, data):
+    start = perturb(truth, jax.random.key(3), 0.03)
+    settings = RefinementSettings(thickness_model="perframe", epochs=40, polish_steps=2, report_every=100,
+                                  time_limit=1e-4)
+    result = refine(start, [data], CALC, settings)
+    assert len(result.history) == 2  # timed, then nothing more fits in 6 ms
+    assert any(e.startswith("time limit: 2 of 40 epochs planned") for e in result.events), result.events
+    assert any("polish stopped after 0 of 2 steps" in e for e in result.events), result.events
+    assert np.all(np.isfinite(np.asarray(result.uncertainties.positions)[~np.isnan(result.uncertainties.positions)]))
+    assert result.metrics["wR_all"] <= result.metrics["start"]["wR_all"]
+    with pytest.raises(InputError, match="time_limit"):
+        RefinementSettings(time_limit=0.0)

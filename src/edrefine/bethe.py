@@ -25,6 +25,7 @@ The accuracy against the full matrix is measured in tests/test_bethe.py and docs
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Complex, Float, Inexact, Int
 
@@ -101,6 +102,33 @@ def strong_rows_propagate(
     return _fold_and_propagate(a_ss, a_ws, diagonal[w], s, w, beam_mask, phase, absorptive)
 
 
+@jax.custom_jvp
+def fold(a_ws: Inexact[Array, "weak strong"], d_w: Float[Array, " weak"]) -> Inexact[Array, "strong strong"]:
+    """The Bethe correction A'_sw diag(1/A'_ww) A'_ws = (A'_wsᴴ / d) A'_ws (Hermitian).
+
+    Its tangent X + Xᴴ − A'_wsᴴ diag(δd/d²) A'_ws with X = (A'_wsᴴ / d) δA'_ws takes one N_s × N_w × N_s
+    product for the couplings instead of the two of the product rule (the reverse pass, its
+    transpose, likewise), and none for d when d has no tangent (structural derivatives)."""
+    return (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
+
+
+def _fold_jvp(primals, tangents):
+    a_ws, d_w = primals
+    da_ws, dd_w = tangents
+    weighted = jnp.conj(a_ws).T / d_w[None, :]
+    out = weighted @ a_ws
+    tangent = jnp.zeros_like(out)
+    if not isinstance(da_ws, jax.custom_derivatives.SymbolicZero):
+        x = weighted @ da_ws
+        tangent = x + jnp.conj(x).T
+    if not isinstance(dd_w, jax.custom_derivatives.SymbolicZero):
+        tangent = tangent - (weighted * (dd_w / d_w)[None, :]) @ a_ws
+    return out, tangent
+
+
+fold.defjvp(_fold_jvp, symbolic_zeros=True)
+
+
 def _fold_and_propagate(a_ss, a_ws, d_w, s, w, beam_mask, phase, absorptive):
     """A_eff from the strong block, the weak-to-strong couplings and the weak diagonal; ψ of all beams."""
     mask_s, mask_w = beam_mask[s], beam_mask[w]
@@ -110,7 +138,7 @@ def _fold_and_propagate(a_ss, a_ws, d_w, s, w, beam_mask, phase, absorptive):
         # kinematical limit: folding near-Bragg weak beams into the incident one diverges as S_w → 0
         correction = jnp.zeros_like(a_ss)
     else:
-        correction = (jnp.conj(a_ws).T / d_w[None, :]) @ a_ws
+        correction = fold(a_ws, d_w)
     reduced = jnp.where(mask_s[:, None] & mask_s[None, :], a_ss - correction, 0.0)
     reduced = reduced + jnp.diag(bloch._padding_diagonal(reduced, mask_s))
     psi_s = bloch.propagate(reduced, phase, absorption=absorptive)

@@ -58,7 +58,7 @@ def save(folder: Path, state: TrainingState, stage: str, key: str) -> None:
     _atomic_write(folder / arrays, lambda h: eqx.tree_serialise_leaves(h, _skeleton(state)))
     meta = {"stage": stage, "epoch": state.epoch, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
             "step_factor": state.step_factor, "history": state.history, "events": state.events,
-            "stopped": state.stopped, "has_best": state.best_params is not None, "fingerprint": key,
+            "stopped": state.stopped, "planned_epochs": state.planned_epochs, "has_best": state.best_params is not None, "fingerprint": key,
             "arrays": arrays, "arrays_sha256": file_checksum(folder / arrays)}
     text = json.dumps(meta, indent=1, default=float).encode()
     _atomic_write(folder / META, lambda h: h.write(text))
@@ -104,4 +104,5 @@ def load(folder: Path, state: TrainingState, key: str) -> tuple[TrainingState, s
     state.epoch, state.best_loss, state.best_epoch = meta["epoch"], meta["best_loss"], meta["best_epoch"]
     state.step_factor, state.history, state.events = meta["step_factor"], meta["history"], meta["events"]
     state.stopped = meta.get("stopped", "")
+    state.planned_epochs = meta.get("planned_epochs")
     return state, meta["stage"]

@@ -152,6 +152,7 @@ def refine(
     memory_limit: Annotated[Optional[float], typer.Option(help="Refuse to start above this estimated peak memory [GB] (default: 80 % of RAM).")] = None,
     devices: Annotated[Optional[int], typer.Option(help="Split frames over this many devices (default 1; experimental: stalls on real data with host CPU devices, see docs/benchmarks.md).")] = None,
     tilt_chunk: Annotated[Optional[int], typer.Option(help="Tilts of a frame solved side by side (default: as many as fit the memory limit).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Minutes for the whole run: after timing the first epochs, plan the epochs that fit, keeping time for the s.u.s (default: none).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate inputs and settings, prepare the problem, print its size and memory estimate, and stop.")] = False,
 ) -> None:
     """Refine a structure against 3D-ED data: structure, orientations and a learned thickness model."""
@@ -176,7 +177,7 @@ def refine(
                  orientation_every=orientation_every, orientation_sigma=orientation_sigma,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
                  polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
-                 memory_limit=memory_limit, tilt_chunk=tilt_chunk, devices=devices, learning_rates=_rates(learning_rate, table))
+                 memory_limit=memory_limit, tilt_chunk=tilt_chunk, time_limit=time_limit, devices=devices, learning_rates=_rates(learning_rate, table))
     settings = refinement_settings(table, flags, str(config) if config else "settings")
     if absorption is not None and "absorption" not in settings.refine:
         settings = refinement_settings(table, {**flags, "refine": settings.refine + ("absorption",)})

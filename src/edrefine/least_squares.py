@@ -22,11 +22,12 @@ first-order optimisers on the same problem:
 Frame scales are profiled out inside the residuals, as in every other part of the objective.
 The structural-only L–M polish after Adam (:func:`polish`) and the standard uncertainties
 (:mod:`edrefine.uncertainty`) use the same chunked normal equations, with a tangent block that
-fits the memory limit (:func:`tangent_block`).
+fits the memory limit (:func:`tangent_plan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Callable
@@ -41,7 +42,7 @@ from .loss import Problem, StructuralIndex, weighted_residuals
 from .objective import evaluate_frames
 from .optimise import _close_epoch, batch_denominator, evaluate_loss
 from .parameters import RefinementParameters, group_labels, project
-from .problem import RUNTIME_MEMORY, frame_memory, memory_limit, resident_memory
+from .problem import RUNTIME_MEMORY, frame_memory, memory_limit, resident_memory, tilt_chunks
 from .restraints import restraint_residuals
 
 STRUCTURAL = ("positions", "adp", "occupancy")
@@ -113,18 +114,33 @@ def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, cryst
     return jt @ jt.T, jt @ r, r @ r
 
 
-def tangent_block(problem: Problem, thickness_nodes: int, limit_gb: float | None, parameters: int,
-                  largest: int = 32) -> int:
-    """Tangents pushed side by side in :func:`chunk_normal_equations`: the most (up to
-    ``largest`` and the parameter count) whose working set, about one forward+gradient frame
-    working set per tangent (:func:`edrefine.problem.frame_memory`), fits the memory limit."""
+def tangent_plan(problem: Problem, thickness_nodes: int, limit_gb: float | None, parameters: int,
+                 largest: int = 32) -> tuple[Problem, int]:
+    """(problem, block) for :func:`chunk_normal_equations` under the memory limit.
+
+    All tangents in one block (up to ``largest``) need one primal pass per chunk of frames; a
+    block costs about one forward+gradient working set per tangent for the tilts in flight
+    (:func:`edrefine.problem.frame_memory`), so each dataset gets the largest tilt chunk at which
+    the whole block fits, and only when even one tilt at a time does not is the block made
+    smaller. The tilt chunk does not change the result."""
     limit = memory_limit(limit_gb)
     resident = RUNTIME_MEMORY + sum(resident_memory(d) for d in problem.datasets)
-    working = max(frame_memory(d, thickness_nodes) for d in problem.datasets)
-    cap = max(1, min(largest, parameters))
+    block = max(1, min(largest, parameters))
     if limit <= 0:
-        return cap
-    return int(max(1, min(cap, (limit - resident) // max(working, 1.0))))
+        return problem, block
+
+    def fits(d, b, c):
+        return resident + b * frame_memory(d, thickness_nodes, tilt_chunk=c) <= limit
+
+    while block > 1 and not all(fits(d, block, 1) for d in problem.datasets):
+        block -= 1
+    planned = []
+    for d in problem.datasets:
+        t = d.frames.tilts_per_segment
+        chunk = next((c for c in tilt_chunks(t) if fits(d, block, c)), 1)
+        planned.append(dataclasses.replace(d, constants=dataclasses.replace(d.constants,
+                                                                            tilt_chunk=0 if chunk >= t else chunk)))
+    return dataclasses.replace(problem, datasets=tuple(planned)), block
 
 
 @eqx.filter_jit
@@ -212,11 +228,31 @@ def marquardt_trials(params, problem: Problem, layout: Layout, normal, gradient,
     return None, damping, nu, trials
 
 
-def polish(problem: Problem, params: RefinementParameters, settings, steps: int, block: int = 32):
+TANGENT_COST = 0.93
+"""Forward passes per tangent of :func:`chunk_normal_equations` (CsPbBr₃, N_s = 256, all 42
+tilts side by side: 27 tangents in blocks of 2 cost 39 forward passes, 14 of them the blocks'
+primal passes)."""
+
+
+def normal_equations_seconds(forward: float, parameters: int, block: int) -> float:
+    """Estimated seconds of :func:`normal_equations` from the seconds of one forward pass."""
+    return forward * (-(-parameters // max(block, 1)) + TANGENT_COST * parameters)
+
+
+def end_reserve(forward: float, parameters: int, block: int = 32) -> float:
+    """Seconds to keep for the stages after the epochs: the final R (one forward pass) and the
+    s.u.s (one :func:`normal_equations` over the structural parameters)."""
+    return forward + (normal_equations_seconds(forward, parameters, block) if parameters else 0.0)
+
+
+def polish(problem: Problem, params: RefinementParameters, settings, steps: int, block: int = 32,
+           deadline: float | None = None, forward: float = 0.0):
     """Levenberg–Marquardt on the refined structural groups, the rest fixed; returns (params, info).
 
     The normal equations come chunk by chunk with ``block`` tangents at a time
-    (:func:`normal_equations`), so the polish needs no more memory than the refinement steps."""
+    (:func:`normal_equations`), so the polish needs no more memory than the refinement steps.
+    With a ``deadline`` (``time.perf_counter`` seconds) a step starts only if its estimate
+    (``forward``: seconds of one forward pass; then the time of the last step) ends before it."""
     layout = Layout.of(params, problem.crystal, tuple(g for g in STRUCTURAL if g in settings.refine))
     if layout.size(params) == 0 or steps == 0:
         return params, {"steps": 0}
@@ -225,7 +261,13 @@ def polish(problem: Problem, params: RefinementParameters, settings, steps: int,
     before = None
     current = params
     done = 0
+    estimate = normal_equations_seconds(forward, layout.size(params), block) + forward
+    info = {}
     for _ in range(steps):
+        if deadline is not None and time.perf_counter() + estimate > deadline:
+            info["time_limit"] = True
+            break
+        begin = time.perf_counter()
         normal, gradient, chi2 = normal_equations(current, problem, layout, chunk, block)
         if before is None:
             before = chi2
@@ -233,6 +275,7 @@ def polish(problem: Problem, params: RefinementParameters, settings, steps: int,
             break
         accepted, damping, nu, _ = marquardt_trials(current, problem, layout, normal, gradient, chi2, damping, nu,
                                                     chunk, settings.u_min)
+        estimate = time.perf_counter() - begin
         if accepted is None:
             break
         done += 1
@@ -240,8 +283,10 @@ def polish(problem: Problem, params: RefinementParameters, settings, steps: int,
         if (chi2 - after) <= 1e-10 * chi2:
             break
     if done == 0:
-        return params, {"steps": 0, "chi2_before": before, "chi2_after": before, "rejected": True}
-    return current, {"steps": done, "chi2_before": before, "chi2_after": after}
+        if before is None:
+            return params, info | {"steps": 0}
+        return params, info | {"steps": 0, "chi2_before": before, "chi2_after": before, "rejected": True}
+    return current, info | {"steps": done, "chi2_before": before, "chi2_after": after}
 
 
 def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | None = None, block: int = 32):

@@ -58,6 +58,48 @@ class TrainingState:
     history: list = dataclasses.field(default_factory=list)
     events: list = dataclasses.field(default_factory=list)
     stopped: str = ""
+    planned_epochs: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeBudget:
+    """A deadline for the epochs (``time.perf_counter`` seconds) and what must fit after them.
+
+    ``reserve``: seconds kept for the stages after the epochs (final R, s.u.s); ``forward``:
+    seconds of one forward pass over every frame (a report epoch adds one)."""
+
+    deadline: float
+    reserve: float
+    forward: float
+
+    def left(self) -> float:
+        return self.deadline - self.reserve - time.perf_counter()
+
+
+PLAN_AFTER = 2
+"""Epochs timed before a time-limited run plans its epoch count (the first includes compiling)."""
+
+ORIENTATION_COST = 2.0
+"""Assumed cost of a Gauss–Newton orientation call in epochs, until one has been timed (CsPbBr₃:
+2.1)."""
+
+
+def planned_epochs(state: TrainingState, settings: RefinementSettings, budget: TimeBudget, epoch_seconds: float,
+                   orientation_seconds: float | None = None) -> int:
+    """The most epochs (≤ ``settings.epochs``) whose estimated cost from now fits ``budget``:
+    each epoch ``epoch_seconds``, plus a forward pass on report epochs and the Gauss–Newton
+    orientation calls of the schedule planned for that count."""
+    left = budget.left()
+    orientation = ORIENTATION_COST * epoch_seconds if orientation_seconds is None else orientation_seconds
+    best = state.epoch
+    for total in range(state.epoch + 1, settings.epochs + 1):
+        plan = dataclasses.replace(settings, epochs=total)
+        cost = sum(epoch_seconds + (orientation if orientation_due(k, plan) else 0.0)
+                   + (budget.forward if k % settings.report_every == 0 or k == total else 0.0)
+                   for k in range(state.epoch + 1, total + 1))
+        if cost <= left:
+            best = total
+    return best
 
 
 def _split_frames(count: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -290,32 +332,50 @@ def run_first_order(
     state: TrainingState,
     settings: RefinementSettings,
     on_epoch: Callable[[TrainingState, dict], None] | None = None,
+    budget: TimeBudget | None = None,
 ) -> TrainingState:
-    """Adam epochs from ``state.epoch`` to ``settings.epochs`` (or early stop)."""
+    """Adam epochs from ``state.epoch`` to ``settings.epochs`` (or early stop).
+
+    With a ``budget`` the run times its first :data:`PLAN_AFTER` epochs, then plans the epoch
+    count that fits (:func:`planned_epochs`; the schedule is laid out again over that count and
+    the count is kept in the state, so a resumed run continues the same plan), and stops early
+    if an epoch would still overrun the deadline."""
     splits = [_split_frames(d.frames.count, settings.validation_fraction) for d in problem.datasets]
     training = [s[0] for s in splits]
     validation = [s[1] for s in splits]
-    optimiser = first_order_optimiser(problem, state.params, settings)
+    plan = settings if state.planned_epochs is None else dataclasses.replace(settings, epochs=state.planned_epochs)
+    optimiser = first_order_optimiser(problem, state.params, plan)
     if state.opt_state is None:
         state.opt_state = optimiser.init(eqx.filter(state.params, eqx.is_inexact_array))
     has_validation = any(len(v) for v in validation)
-    while state.epoch < settings.epochs and not state.stopped:
+    orientation_seconds = None
+    while state.epoch < plan.epochs and not state.stopped:
+        if budget is not None and state.planned_epochs is not None and state.history:
+            due = orientation_due(state.epoch + 1, plan)
+            need = state.history[-1].get("adam_seconds", state.history[-1]["seconds"])
+            need += (orientation_seconds or ORIENTATION_COST * need) if due else 0.0
+            if need > budget.left():
+                state.stopped = (f"time limit: stopped after epoch {state.epoch} of {plan.epochs} (the next epoch "
+                                 f"would take about {need:.0f} s, {max(budget.left(), 0):.0f} s left)")
+                break
         start = time.perf_counter()
         snapshot = (state.params, state.opt_state, state.step_factor, len(state.events))
         try:
             losses = [adam_step(state, optimiser, problem, b, settings)
                       for b in _batches(problem, training, settings, state.epoch)]
+            adam_seconds = time.perf_counter() - start
             orientation = None
-            if orientation_due(state.epoch + 1, settings):
+            if orientation_due(state.epoch + 1, plan):
                 state.params, orientation = orientation_step(state.params, problem, training, settings.chunk_frames,
                                                              settings.orientation_sigma)
+                orientation_seconds = time.perf_counter() - start - adam_seconds
         except KeyboardInterrupt:
             state.params, state.opt_state, state.step_factor = snapshot[:3]
             del state.events[snapshot[3]:]
             raise
         state.epoch += 1
         record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
-                  "seconds": time.perf_counter() - start}
+                  "seconds": time.perf_counter() - start, "adam_seconds": adam_seconds}
         if orientation is not None:
             record["orientation"] = orientation
         monitor_rows = validation if has_validation else training
@@ -323,7 +383,16 @@ def run_first_order(
             if (has_validation or settings.batch_frames > 0) else record["loss"]
         if has_validation:
             record["validation_loss"] = monitor
-        _close_epoch(state, record, monitor, state.params, state.epoch, settings, on_epoch)
+        if budget is not None and state.planned_epochs is None and (state.epoch >= PLAN_AFTER or
+                                                                     state.epoch >= settings.epochs):
+            count = max(planned_epochs(state, settings, budget, adam_seconds, orientation_seconds), state.epoch)
+            state.planned_epochs = count
+            if count < settings.epochs:
+                plan = dataclasses.replace(settings, epochs=count)
+                optimiser = first_order_optimiser(problem, state.params, plan)
+                state.events.append(f"time limit: {count} of {settings.epochs} epochs planned (an epoch takes "
+                                    f"about {adam_seconds:.0f} s; the schedule spans the planned epochs)")
+        _close_epoch(state, record, monitor, state.params, state.epoch, plan, on_epoch)
     if state.best_params is not None:
         state.params = state.best_params
     return state

@@ -22,8 +22,8 @@ from .crystal import Crystal
 from .errors import InputError
 from .loss import Problem, StructuralIndex
 from .least_squares import initial_state as least_squares_start
-from .least_squares import Layout, polish, run_least_squares, tangent_block
-from .optimise import TrainingState, build_parameters, first_order_optimiser, run_first_order, run_lbfgs, training_state
+from .least_squares import STRUCTURAL, Layout, end_reserve, polish, run_least_squares, tangent_plan
+from .optimise import TimeBudget, TrainingState, build_parameters, first_order_optimiser, run_first_order, run_lbfgs, training_state
 from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
 from .pets import PetsData
@@ -124,7 +124,9 @@ def refine(
     stage_hook("starting thickness search")
     params = build_parameters(problem, settings, calculation.absorption)
     stage_hook("starting R")
+    forward_begin = time.perf_counter()
     start_metrics, start_table = _summary(params, problem, settings)
+    forward_seconds = time.perf_counter() - forward_begin
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
     state = training_state(params)
     stage = "first-order"
@@ -137,8 +139,15 @@ def refine(
             state.opt_state = None
         state, stage = checkpoint.load(folder, state, fingerprint)
 
+    budget = None
+    if settings.time_limit is not None:
+        structural = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine)).size
+        _, block = tangent_plan(problem, nodes, settings.memory_limit, structural)
+        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, structural, block),
+                            forward_seconds)
+
     def epoch_hook(s: TrainingState, record: dict) -> None:
-        if s.epoch % settings.report_every == 0 or s.epoch == settings.epochs:
+        if s.epoch % settings.report_every == 0 or s.epoch == (s.planned_epochs or settings.epochs):
             metrics, _ = _summary(s.params, problem, settings)
             record.update(R_obs=metrics["R_obs"], wR_all=metrics["wR_all"], R_obs_frame_mean=metrics["R_obs_frame_mean"])
         if folder is not None and (s.epoch % settings.checkpoint_every == 0 or s.stopped):
@@ -150,13 +159,13 @@ def refine(
     stage_hook("epochs")
     try:
         if stage == "first-order" and settings.optimiser == "adam":
-            state = run_first_order(problem, state, settings, epoch_hook)
+            state = run_first_order(problem, state, settings, epoch_hook, budget)
         elif stage == "first-order" and settings.optimiser == "lbfgs":
             state = run_lbfgs(problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lm":
             layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
-            state = run_least_squares(problem, state, settings, epoch_hook,
-                                      tangent_block(problem, nodes, settings.memory_limit, layout_size))
+            lm_problem, block = tangent_plan(problem, nodes, settings.memory_limit, layout_size)
+            state = run_least_squares(lm_problem, state, settings, epoch_hook, block)
     except KeyboardInterrupt:
         interrupted = True
         if folder is not None:
@@ -177,10 +186,13 @@ def refine(
         checkpoint.save(folder, state, "polish", fingerprint)
     steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
     index = StructuralIndex.of(start, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
-    block = tangent_block(problem, nodes, settings.memory_limit, index.size)
+    tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
     if steps:
         stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
-    params, info = polish(problem, state.params, settings, steps, block)
+    params, info = polish(tangent_problem, state.params, settings, steps, block,
+                          None if budget is None else budget.deadline - budget.reserve, forward_seconds)
+    if info.get("time_limit"):
+        state.events.append(f"time limit: Levenberg–Marquardt polish stopped after {info['steps']} of {steps} steps")
     if info.get("rejected"):
         state.events.append(f"Levenberg–Marquardt polish: no step lowered χ² ({info['chi2_before']:.6g}); kept the "
                             "refined structure")
@@ -193,8 +205,9 @@ def refine(
     refined = start.with_params(params.sites)
     if index.size:
         stage_hook("standard uncertainties")
-        uncertainties, _, _ = crystal_uncertainties(params, problem, index, count_parameters(params, start, settings),
-                                                    settings.chunk_frames, block)
+        uncertainties, _, _ = crystal_uncertainties(params, tangent_problem, index,
+                                                    count_parameters(params, start, settings), settings.chunk_frames,
+                                                    block)
     else:
         n = len(start.labels)
         uncertainties = Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan),

@@ -84,6 +84,12 @@ class RefinementSettings:
             process must be started with that many host devices (``edrefine --devices N``).
         tilt_chunk: tilts of a frame solved side by side (None: the most that fit the memory
             limit; fewer tilts at a time need less memory and give the same result).
+        time_limit: minutes for the whole refinement (None: no limit). After timing its first
+            epochs the run plans the epoch count that fits, keeping time for the s.u.s and the
+            final R (:func:`edrefine.optimise.planned_epochs`); the polish runs only while time
+            is left. The plan is kept in the checkpoint, so a resumed run follows it; with a limit
+            the result depends on the machine's speed (give ``epochs`` without a limit for a run
+            that does not).
     """
 
     thickness_model: str = "neural-grid"
@@ -118,6 +124,7 @@ class RefinementSettings:
     memory_limit: float | None = None
     tilt_chunk: int | None = None
     devices: int = 1
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -168,6 +175,8 @@ class RefinementSettings:
             raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
             raise InputError(f"must be a positive integer, got {self.tilt_chunk!r}", source="tilt_chunk")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise InputError(f"must be a positive number of minutes, got {self.time_limit!r}", source="time_limit")
         if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
             raise InputError(f"must be a positive number of GB, got {self.memory_limit!r}", source="memory_limit")
         if not (math.isfinite(self.u_min) and self.u_min > 0):
