@@ -139,11 +139,11 @@ def refine(
             state.opt_state = None
         state, stage = checkpoint.load(folder, state, fingerprint)
 
+    index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
+    tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
     budget = None
     if settings.time_limit is not None:
-        structural = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine)).size
-        _, block = tangent_plan(problem, nodes, settings.memory_limit, structural)
-        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, structural, block),
+        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, index.size, block),
                             forward_seconds)
 
     def epoch_hook(s: TrainingState, record: dict) -> None:
@@ -164,8 +164,8 @@ def refine(
             state = run_lbfgs(problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lm":
             layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
-            lm_problem, block = tangent_plan(problem, nodes, settings.memory_limit, layout_size)
-            state = run_least_squares(lm_problem, state, settings, epoch_hook, block)
+            lm_problem, lm_block = tangent_plan(problem, nodes, settings.memory_limit, layout_size)
+            state = run_least_squares(lm_problem, state, settings, epoch_hook, lm_block)
     except KeyboardInterrupt:
         interrupted = True
         if folder is not None:
@@ -185,8 +185,6 @@ def refine(
     if folder is not None and not interrupted:
         checkpoint.save(folder, state, "polish", fingerprint)
     steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
-    index = StructuralIndex.of(start, tuple(g for g in ("positions", "adp", "occupancy") if g in settings.refine))
-    tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
     if steps:
         stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
     params, info = polish(tangent_problem, state.params, settings, steps, block,
