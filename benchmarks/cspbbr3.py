@@ -8,11 +8,14 @@ final R), R_obs frame mean, R(obs), wR(all), GoF, and where the time went (from 
 Published: R_obs 6.40 % elastic (Colmey et al. 2026); diffBloch 0.2.0 6.54 % in 20.9 min on a
 data-centre GPU.
 
-    python benchmarks/cspbbr3.py --strong-beams 256 --time-limit 35 --out DIR     # levers on
-    python benchmarks/cspbbr3.py --strong-beams 256 --epochs 8 --levers-off --out DIR
-        # and the same refinement with the full matrix (hours on 2 cores), side by side
+    python benchmarks/cspbbr3.py --out DIR                  # the defaults (the plain command)
+    python benchmarks/cspbbr3.py --epochs 8 --time-limit 0 --levers-off --out DIR
+        # and the same refinement with every lever off (full matrix, float64 epochs, the
+        # refined calculation's Jacobian for the s.u.s: hours on 2 cores), side by side
 
-Refinement settings not given are the defaults of :class:`edrefine.RefinementSettings`.
+Calculation and refinement settings not given are the defaults of
+:class:`edrefine.CalculationSettings` (automatic strong beams) and
+:class:`edrefine.RefinementSettings` (float32 epochs, 96-beam s.u. Jacobian, 20-minute limit).
 Not collected by pytest. Needs ../shared/data.
 """
 
@@ -39,7 +42,8 @@ def child(spec: dict) -> dict:
     start = read_crystal(DATA / "cspbbr3.cif")
     data = read_pets(DATA / "CsPbBr_P67-crot-050_dyn.cif_pets")
     calculation = CalculationSettings(strong_beams=spec["strong_beams"], tilt_segments=spec["segments"], **PUBLISHED)
-    values = {k: spec[k] for k in ("epochs", "time_limit", "polish_steps", "orientation_every") if spec[k] is not None}
+    values = {k: spec[k] for k in ("epochs", "time_limit", "polish_steps", "orientation_every", "epoch_precision",
+                                   "uncertainty_beams") if spec.get(k) is not None}
     settings = RefinementSettings(report_every=spec["report_every"], **values)
     stages = []
     begin = time.perf_counter()
@@ -70,11 +74,13 @@ def child(spec: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strong-beams", type=int, default=256, help="N_s of the levers-on run (default 256)")
+    parser.add_argument("--strong-beams", type=int, default=None, help="N_s of the levers-on run (default: automatic)")
+    parser.add_argument("--epoch-precision", default=None, help="float32 or float64 (default: the settings' default)")
+    parser.add_argument("--uncertainty-beams", type=int, default=None)
     parser.add_argument("--tilt-segments", type=int, default=1)
     parser.add_argument("--float32", action="store_true")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--time-limit", type=float, default=None, help="minutes (default: none)")
+    parser.add_argument("--time-limit", type=float, default=None, help="minutes (default: the settings' default; 0: none)")
     parser.add_argument("--polish-steps", type=int, default=None)
     parser.add_argument("--orientation-every", type=int, default=None)
     parser.add_argument("--report-every", type=int, default=1)
@@ -90,9 +96,11 @@ def main() -> None:
     common = dict(epochs=args.epochs, time_limit=args.time_limit, polish_steps=args.polish_steps,
                   orientation_every=args.orientation_every, report_every=args.report_every)
     configurations = {"levers on": dict(strong_beams=args.strong_beams, segments=args.tilt_segments,
-                                        float32=args.float32, **common)}
+                                        float32=args.float32, epoch_precision=args.epoch_precision,
+                                        uncertainty_beams=args.uncertainty_beams, **common)}
     if args.levers_off:
-        configurations["levers off"] = dict(strong_beams=0, segments=1, float32=False, **common)
+        configurations["levers off"] = dict(strong_beams=0, segments=1, float32=False, epoch_precision="float64",
+                                            uncertainty_beams=0, **common)
     results = {}
     for name, spec in configurations.items():
         spec["out"] = str(args.out / name.replace(" ", "-")) if args.out else None

@@ -10,7 +10,9 @@ printed against the reference, which runs in the same invocation.
 
 The levers: ``strong`` (Bethe reduction to N_s strong beams), ``segments`` (each of that many
 parts of a frame's tilts with its own beam set), ``chunk`` (tilts side by side: memory, not
-speed), ``float32``, ``devices`` (frames split over host devices). A full-matrix
+speed), ``float32`` (the whole process in single precision), ``single`` (only the orientation
+solves in float32 / complex64 in a float64 process: ``epoch_precision = "float32"``), ``devices``
+(frames split over host devices). A full-matrix
 CsPbBr₃ epoch takes most of an hour on 2 cores, so ``--frames K`` times K frames spread over the
 dataset and scales the times to the whole dataset (printed as "per epoch (scaled)").
 
@@ -37,12 +39,13 @@ CASES = {
     "quartz": dict(structure="quartz/quartz_kinematical.cif", data="quartz/quartz.cif_pets", gmax=2.0, sgmax=0.01,
                    rsg=0.9, dsg=0.0015, tilts=42, frames=0,
                    levers=[{}, {"strong": 96}, {"strong": 64}, {"chunk": 6}, {"float32": True}, {"devices": 2},
-                           {"strong": 96, "devices": 2, "float32": True}, {"segments": 6}]),
+                           {"strong": 96, "devices": 2, "float32": True}, {"segments": 6}, {"single": True}]),
     "cspbbr3": dict(structure="cspbbr3/cspbbr3.cif", data="cspbbr3/CsPbBr_P67-crot-050_dyn.cif_pets", gmax=2.3,
                     sgmax=0.02, rsg=0.66, dsg=0.0015, tilts=42, frames=4,
                     levers=[{"chunk": 14}, {"strong": 384, "chunk": 14}, {"strong": 256}, {"strong": 256, "segments": 6},
                             {"strong": 384, "segments": 6}, {"strong": 384, "float32": True},
-                            {"strong": 384, "devices": 2}, {"strong": 384, "devices": 2, "float32": True}]),
+                            {"strong": 384, "devices": 2}, {"strong": 384, "devices": 2, "float32": True},
+                            {"strong": 256, "single": True}]),
 }
 
 
@@ -77,6 +80,8 @@ def child(spec: dict) -> dict:
                                                                          tilt_chunk=spec.get("chunk", 0)))
     prepare = time.perf_counter() - begin
     problem = Problem(crystal, structure_context(crystal, calc), (dataset,), mesh=frame_mesh(spec.get("devices", 1)))
+    if spec.get("single"):
+        problem = problem.with_constants(single_precision=True)
     # chunks of 16 frames, as a refinement uses, but never padded beyond the frames timed
     settings = RefinementSettings(thickness_model="neural", thickness_start="dataset",
                                   chunk_frames=min(16, int(dataset.frames.count)))
@@ -105,8 +110,9 @@ def child(spec: dict) -> dict:
     f = dataset.frames
     n = f.capacity
     strong = calc.strong_beams if 0 < calc.strong_beams < n else n
-    dtype = jnp.float32 if spec.get("float32") else jnp.float64
-    matrix_dtype = dtype if spec["real_matrix"] else (jnp.complex64 if spec.get("float32") else jnp.complex128)
+    single = spec.get("float32") or spec.get("single")
+    dtype = jnp.float32 if single else jnp.float64
+    matrix_dtype = dtype if spec["real_matrix"] else (jnp.complex64 if single else jnp.complex128)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((strong, strong))
     if not spec["real_matrix"]:

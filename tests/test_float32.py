@@ -62,3 +62,46 @@ def test_float32_is_within_its_documented_tolerance():
         assert error < FLOAT32_INTENSITY_TOLERANCE
         assert error > 1e-9  # really single precision
         assert single[strong]["g"] == pytest.approx(double[strong]["g"], rel=FLOAT32_GRADIENT_TOLERANCE)
+
+
+SINGLE_SOLVE_INTENSITY_TOLERANCE = 2e-4
+"""Largest |ΔI| (fraction of the incident beam) of float32 solves in a float64 process."""
+
+
+def test_single_precision_solves_in_a_float64_process_are_within_the_float32_tolerance():
+    """``single_precision``: the eigenproblem really runs in float32 / complex64, the intensities
+    come back float64, and intensities and gradient stay within the float32 tolerances."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_precession import LAMBDA, setup
+
+    from edrefine import measurement
+
+    m, k, candidates, u_table = setup(1.6)
+    tilts, weights = measurement.tilt_rule(4, np.deg2rad(0.3), "gauss")
+    axis = jnp.asarray([0.6, 0.8, 0.0])
+    stack = measurement.rotation_orientations(jnp.asarray(m), axis, jnp.asarray(tilts))
+    sets = measurement.orientation_beam_sets(candidates, np.asarray(stack)[None], k, 0.03)
+    u = u_table(sets)
+    probe = jnp.asarray(np.random.default_rng(0).uniform(size=(3, sets.capacity)))
+
+    def intensity(scale, strong, single):
+        return measurement.orientation_intensities(
+            u * scale, jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]), jnp.asarray(sets.mask[0]), stack,
+            jnp.asarray(weights), jnp.asarray(LAMBDA), jnp.array([100.0, 300.0, 700.0]), jnp.asarray(0.05), 0, strong,
+            single)
+
+    for strong in (0, 12):
+        double = intensity(1.0, strong, False)
+        single = intensity(1.0, strong, True)
+        assert single.dtype == jnp.float64
+        error = float(jnp.max(jnp.abs(single - double)))
+        assert 1e-9 < error < SINGLE_SOLVE_INTENSITY_TOLERANCE
+        jaxpr = str(jax.make_jaxpr(lambda s: intensity(s, strong, True))(1.0))
+        solves = [line for line in jaxpr.splitlines() if "= eigh[" in line]
+        assert solves and all("c64" in line or "f32" in line for line in solves), solves
+        assert not any("c128" in line or "f64" in line for line in solves)
+        gradients = [jax.grad(lambda s: jnp.sum(probe * intensity(s, strong, single)))(1.0) for single in (False, True)]
+        assert float(gradients[1]) == pytest.approx(float(gradients[0]), rel=FLOAT32_GRADIENT_TOLERANCE)

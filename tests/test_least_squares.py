@@ -149,3 +149,37 @@ def test_the_tangent_plan_fits_the_memory_limit_with_fewer_tilts_before_fewer_ta
     assert plan(resident + 5.5 * per_tilt, 40) == (5, 1)
     assert plan(resident + 5.5 * per_tilt, 3) == (3, 1)
     assert plan(resident, 40) == (1, 1)
+
+
+def test_uncertainties_from_a_cheaper_jacobian_keep_the_refined_chi2_and_approach_the_full_one(problem_and_params):
+    """``uncertainty_beams``: J from fewer strong beams (the rest folded in by Bethe perturbation),
+    GoF from the χ² of the calculation itself; with every beam strong it is the full result."""
+    import dataclasses
+
+    from edrefine.least_squares import total_chi2
+    from edrefine.loss import StructuralIndex
+    from edrefine.summary import frame_table
+    from edrefine.uncertainty import jacobian_problem, structural_covariance, table_chi2
+
+    problem, params = problem_and_params
+    capacity = problem.datasets[0].frames.capacity
+    assert jacobian_problem(problem, 0) is problem
+    assert jacobian_problem(problem, capacity) is problem
+    reduced = jacobian_problem(problem, capacity // 2)
+    assert reduced.datasets[0].constants.strong_beams == capacity // 2
+    small = dataclasses.replace(problem, datasets=(dataclasses.replace(
+        problem.datasets[0], constants=dataclasses.replace(problem.datasets[0].constants, strong_beams=4)),))
+    assert jacobian_problem(small, 8) is small
+    assert jacobian_problem(small, 2).datasets[0].constants.strong_beams == 2
+
+    chi2 = total_chi2(params, problem, 64)
+    np.testing.assert_allclose(table_chi2(frame_table(params, problem, 64), params, problem), chi2, rtol=1e-10)
+    index = StructuralIndex.of(problem.crystal, ("positions", "adp"))
+    full, gof = structural_covariance(params, problem, index)
+    cheaper, cheaper_gof = structural_covariance(params, reduced, index, chi2=chi2)
+    assert cheaper_gof == pytest.approx(gof, rel=1e-10)
+    _, own_gof = structural_covariance(params, reduced, index)
+    assert own_gof != pytest.approx(gof, rel=1e-9)  # the reduced calculation's own χ² differs
+    ratio = np.sqrt(np.diag(cheaper) / np.diag(full))
+    assert np.all(np.abs(ratio - 1) < 0.02), ratio  # 0.2 % at half the beams (quartz, 1.6 Å⁻¹)
+    assert np.any(np.abs(ratio - 1) > 1e-6)

@@ -245,4 +245,5 @@ def test_a_time_limited_run_plans_fewer_epochs_and_still_writes_a_complete_resul
     assert np.all(np.isfinite(np.asarray(result.uncertainties.positions)[~np.isnan(result.uncertainties.positions)]))
     assert result.metrics["wR_all"] <= result.metrics["start"]["wR_all"]
     with pytest.raises(InputError, match="time_limit"):
-        RefinementSettings(time_limit=0.0)
+        RefinementSettings(time_limit=-1.0)
+    assert not RefinementSettings(time_limit=0.0).time_limit  # 0: no limit

@@ -65,7 +65,7 @@ def test_a_refinement_on_two_devices_ends_where_one_device_ends(case):
     for devices in (1, 2):
         settings = RefinementSettings(epochs=2, polish_steps=0, nn_width=8, nn_depth=1, devices=devices,
                                       chunk_frames=3, thickness_start="dataset", report_every=2,
-                                      refine=("positions", "thickness"))
+                                      refine=("positions", "thickness"), epoch_precision="float64")
         results.append(refine(start, [data], CALC, settings))
     one, two = results
     assert two.metrics["R_obs"] == pytest.approx(one.metrics["R_obs"], rel=1e-9)

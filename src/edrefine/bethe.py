@@ -32,6 +32,21 @@ from jaxtyping import Array, Bool, Complex, Float, Inexact, Int
 from . import bloch
 
 
+AUTO_FULL_MATRIX = 384
+"""Automatic choice (``strong_beams`` None): the full matrix up to this many beams per orientation."""
+AUTO_STRONG_BEAMS = 256
+"""Automatic choice beyond :data:`AUTO_FULL_MATRIX`: this many strong beams (docs/benchmarks.md:
+on CsPbBr₃ at 2.3 Å⁻¹, 1280 beams, Σ|ΔFc|/ΣFc 1.3 % against the full matrix at 7 times its speed)."""
+
+
+def solved_strong_beams(strong_beams: int | None, capacity: int) -> int:
+    """The strong-beam count a calculation with ``capacity`` beams per orientation uses: 0 (the
+    full matrix) or N_s. ``strong_beams`` as given, or for None the automatic choice."""
+    if strong_beams is not None:
+        return strong_beams
+    return 0 if capacity <= AUTO_FULL_MATRIX else AUTO_STRONG_BEAMS
+
+
 def strong_order(excitation_error: Float[Array, " beam"], beam_mask: Bool[Array, " beam"]) -> Array:
     """Beam indices by increasing |S_g|: the incident beam (index 0) first, padded beams last."""
     key = jnp.where(beam_mask, jnp.abs(excitation_error), jnp.inf).at[0].set(-1.0)

@@ -51,7 +51,7 @@ def _padding_diagonal(matrix: Inexact[Array, "beam beam"], beam_mask: Bool[Array
     """Distinct values above the valid spectrum (Gershgorin bound ρ) on padded beams, 0 elsewhere."""
     n = beam_mask.shape[0]
     bound = jnp.max(jnp.sum(jnp.abs(jax.lax.stop_gradient(matrix)), axis=1))
-    values = bound + PADDING_GAP * (1.0 + jnp.arange(n) / n)
+    values = bound + PADDING_GAP * (1.0 + jnp.arange(n, dtype=bound.dtype) / n)
     return jnp.where(beam_mask, 0.0, values)
 
 

@@ -101,7 +101,7 @@ SGMAX = typer.Option("--sgmax", help="Largest |S_g| of a beam over a frame's til
 TILTS = typer.Option("--tilts", help="Tilt samples across a frame's ±half-width (default 42).")
 RSG = typer.Option("--rsg", help="Keep reflections with |S_g|/ΔS_g < RSg (default 0.9).")
 DSG = typer.Option("--dsg", help="... and ΔS_g − |S_g| > DSg [Å⁻¹] (default 0.0015).")
-STRONG = typer.Option("--strong-beams", help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams; 1: kinematical, single scattering).")
+STRONG = typer.Option("--strong-beams", help="Beams per orientation solved exactly, the rest by Bethe perturbation (default: automatic, all beams up to 384 per orientation, else 256; 0: all beams; 1: kinematical, single scattering).")
 SEGMENTS = typer.Option("--tilt-segments", help="Cut each frame's tilts into this many consecutive parts, each with a beam set of its own (fewer beams per solve for wide frames; a divisor of --tilts; default 1).")
 CONFIG = typer.Option("--config", help="TOML file with calculation settings (flags override it).")
 

@@ -113,7 +113,7 @@ def refine(
     sgmax: Annotated[Optional[float], SGMAX] = None,
     tilts: Annotated[Optional[int], TILTS] = None,
     tilt_rule: Annotated[Optional[str], typer.Option(help="midpoint, uniform or gauss.")] = None,
-    strong_beams: Annotated[Optional[int], typer.Option(help="Beams per orientation solved exactly, the rest by Bethe perturbation (default 0: all beams; 1: kinematical, single scattering).")] = None,
+    strong_beams: Annotated[Optional[int], typer.Option(help="Beams per orientation solved exactly, the rest by Bethe perturbation (default: automatic, all beams up to 384 per orientation, else 256; 0: all beams; 1: kinematical, single scattering).")] = None,
     tilt_segments: Annotated[Optional[int], SEGMENTS] = None,
     rsg: Annotated[Optional[float], RSG] = None,
     dsg: Annotated[Optional[float], DSG] = None,
@@ -140,6 +140,8 @@ def refine(
     validation_fraction: Annotated[Optional[float], typer.Option(help="Share of frames held out for early stopping.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Epochs without improvement before stopping (0: never).")] = None,
     polish_steps: Annotated[Optional[int], typer.Option(help="Levenberg–Marquardt steps on the structure at the end.")] = None,
+    epoch_precision: Annotated[Optional[str], typer.Option(help="Precision of the orientation solves in the epochs: float32 (default; about 1.6 times faster) or float64. Thickness search, reported R, polish and s.u.s use float64.")] = None,
+    uncertainty_beams: Annotated[Optional[int], typer.Option(help="Strong beams per orientation in the Jacobian of the s.u.s when the calculation solves more (default 96; 0: the calculation itself).")] = None,
     chunk_frames: Annotated[Optional[int], typer.Option(help="Frames per compiled call (bounds memory).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the neural model and the batch order.")] = None,
     u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
@@ -152,7 +154,7 @@ def refine(
     memory_limit: Annotated[Optional[float], typer.Option(help="Refuse to start above this estimated peak memory [GB] (default: 80 % of RAM).")] = None,
     devices: Annotated[Optional[int], typer.Option(help="Split frames over this many devices (default 1; experimental: stalls on real data with host CPU devices, see docs/benchmarks.md).")] = None,
     tilt_chunk: Annotated[Optional[int], typer.Option(help="Tilts of a frame solved side by side (default: as many as fit the memory limit).")] = None,
-    time_limit: Annotated[Optional[float], typer.Option(help="Minutes for the whole run: after timing the first epochs, plan the epochs that fit, keeping time for the s.u.s (default: none).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Minutes for the whole run: after timing the first epochs, plan the epochs that fit, keeping time for the s.u.s (default 20; 0: no limit).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate inputs and settings, prepare the problem, print its size and memory estimate, and stop.")] = False,
 ) -> None:
     """Refine a structure against 3D-ED data: structure, orientations and a learned thickness model."""
@@ -176,7 +178,7 @@ def refine(
                  orientation_delay=orientation_delay, omega_step=omega_step, orientation_solver=orientation_solver,
                  orientation_every=orientation_every, orientation_sigma=orientation_sigma,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
-                 polish_steps=polish_steps, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
+                 polish_steps=polish_steps, uncertainty_beams=uncertainty_beams, epoch_precision=epoch_precision, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
                  memory_limit=memory_limit, tilt_chunk=tilt_chunk, time_limit=time_limit, devices=devices, learning_rates=_rates(learning_rate, table))
     settings = refinement_settings(table, flags, str(config) if config else "settings")
     if absorption is not None and "absorption" not in settings.refine:

@@ -79,6 +79,7 @@ def orientation_amplitudes(
     surface_normal: Float[Array, "3"] | None = None,
     absorption: Float[Array, ""] | None = None,
     strong_beams: int = 0,
+    single_precision: bool = False,
 ) -> Complex[Array, "thickness beam"]:
     """Bloch-wave amplitudes ψ_g(t) of every beam at every thickness for one orientation.
 
@@ -94,6 +95,9 @@ def orientation_amplitudes(
         absorption: κ of the proportional absorptive potential U′ = κU (None: elastic only).
         strong_beams: 0 (or ≥ the beam count) for the full matrix, else the number of beams of
             smallest |S_g| solved exactly, the others by Bethe perturbation (:mod:`edrefine.bethe`).
+        single_precision: build, diagonalise and propagate the matrix in float32 / complex64
+            (static); the geometry (S_g, whose 2g·K and g² nearly cancel) is computed in the
+            inputs' precision first. ψ is then complex64.
 
     Returns:
         ψ [thickness, beam], with |ψ|² the current-normalised intensity (zero on padding).
@@ -104,6 +108,11 @@ def orientation_amplitudes(
         beam_hkl, reciprocal_matrix, beam_direction, k_crystal, surface_normal
     )
     phase = bloch.thickness_phase(thickness, k_normal)
+    if single_precision:
+        u_table = u_table.astype(jnp.complex64 if jnp.iscomplexobj(u_table) else jnp.float32)
+        excitation, g_normal, k_crystal, k_normal, phase, mean_potential = (
+            x.astype(jnp.float32) for x in (excitation, g_normal, k_crystal, k_normal, phase, mean_potential))
+        absorption = None if absorption is None else jnp.asarray(absorption).astype(jnp.float32)
     if 0 < strong_beams < beam_hkl.shape[0]:
         return strong_rows_propagate(u_table, coupling_index, excitation, g_normal, k_crystal, k_normal, beam_mask,
                                      phase, strong_beams, absorption)

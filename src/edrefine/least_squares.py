@@ -239,10 +239,12 @@ def normal_equations_seconds(forward: float, parameters: int, block: int) -> flo
     return forward * (-(-parameters // max(block, 1)) + TANGENT_COST * parameters)
 
 
-def end_reserve(forward: float, parameters: int, block: int = 32) -> float:
+def end_reserve(forward: float, parameters: int, block: int = 32, jacobian_forward: float | None = None) -> float:
     """Seconds to keep for the stages after the epochs: the final R (one forward pass) and the
-    s.u.s (one :func:`normal_equations` over the structural parameters)."""
-    return forward + (normal_equations_seconds(forward, parameters, block) if parameters else 0.0)
+    s.u.s (one :func:`normal_equations` over the structural parameters, whose calculation takes
+    ``jacobian_forward`` seconds per forward pass; None: ``forward``)."""
+    su_forward = forward if jacobian_forward is None else jacobian_forward
+    return forward + (normal_equations_seconds(su_forward, parameters, block) if parameters else 0.0)
 
 
 def polish(problem: Problem, params: RefinementParameters, settings, steps: int, block: int = 32,

@@ -44,6 +44,13 @@ class Problem:
         devices = 1 if self.mesh is None else self.mesh.size
         return -(-chunk // devices) * devices
 
+    def with_constants(self, **changes) -> "Problem":
+        """The problem with ``changes`` to every dataset's :class:`DatasetConstants` (how each
+        orientation is solved: ``strong_beams``, ``single_precision``, ``tilt_chunk``)."""
+        datasets = tuple(dataclasses.replace(d, constants=dataclasses.replace(d.constants, **changes))
+                         for d in self.datasets)
+        return dataclasses.replace(self, datasets=datasets)
+
     @property
     def denominator(self) -> float:
         """Σ w |Fo|² over every dataset."""

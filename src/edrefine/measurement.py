@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Complex, Float, Int
 
 from .beams import BeamSets, excitation_errors, pad_beam_sets
+from .bethe import solved_strong_beams
 from .diffraction import orientation_amplitudes
 from .errors import InputError
 from .frames import axis_rotation, tilted_orientation
@@ -203,7 +204,7 @@ def integrate_frames(
     thickness: Float[np.ndarray, "frame thickness"] | Float[np.ndarray, " thickness"],
     absorption: float | None = None,
     progress: Callable[[int], None] | None = None,
-    strong_beams: int = 0,
+    strong_beams: int | None = 0,
 ) -> Float[np.ndarray, "frame thickness beam"]:
     """Integrated intensities of every frame at its thickness nodes (host loop over frames).
 
@@ -387,6 +388,7 @@ def orientation_intensities(
     absorption: Float[Array, ""] | None = None,
     chunk: int = 0,
     strong_beams: int = 0,
+    single_precision: bool = False,
 ) -> Float[Array, "thickness beam"]:
     """Σ_k w_k |ψ_g(t; M_k)|² of one frame over a stack of orientations, every thickness [Å].
 
@@ -400,15 +402,18 @@ def orientation_intensities(
             chunk's eigenvectors alive instead of k: memory ∝ chunk, same result.
         strong_beams: beams solved exactly per orientation, the rest by Bethe perturbation
             (:mod:`edrefine.bethe`); 0 for the full matrix.
+        single_precision: each orientation solved in float32 / complex64
+            (:func:`edrefine.diffraction.orientation_amplitudes`), the intensities summed over the
+            stack in the orientations' precision.
     """
     direction = jnp.asarray(LAB_BEAM, dtype=orientations.dtype)
 
     def one(m):
         psi = orientation_amplitudes(
             u_table, coupling_index, beam_hkl, beam_mask, m, direction, wavelength, thickness, absorption=absorption,
-            strong_beams=strong_beams,
+            strong_beams=strong_beams, single_precision=single_precision,
         )
-        return jnp.where(beam_mask, jnp.real(psi) ** 2 + jnp.imag(psi) ** 2, 0.0)
+        return jnp.where(beam_mask, jnp.real(psi) ** 2 + jnp.imag(psi) ** 2, 0.0).astype(orientations.dtype)
 
     def weighted(stack, w):
         return jnp.einsum("k,ktb->tb", w, jax.vmap(one)(stack))
@@ -429,7 +434,8 @@ def orientation_intensities(
     return total
 
 
-_orientation_intensities_jit = jax.jit(orientation_intensities, static_argnames=("chunk", "strong_beams"))
+_orientation_intensities_jit = jax.jit(orientation_intensities, static_argnames=("chunk", "strong_beams",
+                                                                                 "single_precision"))
 
 
 def integrate_orientations(
@@ -441,16 +447,18 @@ def integrate_orientations(
     thickness: Float[np.ndarray, "frame thickness"] | Float[np.ndarray, " thickness"],
     absorption: float | None = None,
     progress: Callable[[int], None] | None = None,
-    strong_beams: int = 0,
+    strong_beams: int | None = 0,
 ) -> Float[np.ndarray, "frame thickness beam"]:
     """:func:`integrate_frames` for per-frame orientation stacks (precession, mosaic spread).
 
     Frames must share k (pad with zero weights); one compiled kernel serves every frame.
-    ``strong_beams``: as in :func:`orientation_intensities`.
+    ``strong_beams``: as in :func:`orientation_intensities`; None: the automatic choice
+    (:func:`edrefine.bethe.solved_strong_beams`).
     """
     n = len(orientations)
     thickness = np.broadcast_to(np.asarray(thickness, dtype=np.float64), (n, np.shape(thickness)[-1]))
     kappa = None if absorption is None else jnp.asarray(absorption)
+    strong_beams = solved_strong_beams(strong_beams, int(beam_sets.hkl.shape[1]))
     out = []
     for f in range(n):
         out.append(np.asarray(_orientation_intensities_jit(

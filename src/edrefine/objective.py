@@ -53,18 +53,19 @@ def safe_sqrt(x: Array) -> Array:
 
 
 def reflection_intensities(u_table, frame: FrameArrays, delta, nodes, axis, wavelength, kappa, chunk=0,
-                           strong_beams=0):
+                           strong_beams=0, single_precision=False):
     """Tilt-integrated intensity of every reflection of one frame at every thickness node,
     ``[node, refl]``: the sum over the frame's segments, each solved with its own beam set (a
     reflection absent from a segment's set is dark there). ``chunk``: tilts solved side by side,
-    ``strong_beams``: Bethe reduction (:func:`edrefine.measurement.orientation_intensities`)."""
+    ``strong_beams``: Bethe reduction, ``single_precision``: float32 solves
+    (:func:`edrefine.measurement.orientation_intensities`)."""
     m = corrected_orientation(frame.orientation, axis, delta)
 
     def segment(parts):
         tilts, weights, hkl, mask, coupling, where = parts
         stack = rotation_orientations(m, axis, tilts)
         per_node = orientation_intensities(u_table, coupling, hkl, mask, stack, weights, wavelength, nodes, kappa,
-                                           chunk, strong_beams)
+                                           chunk, strong_beams, single_precision)
         return jnp.where(where >= 0, per_node[:, jnp.maximum(where, 0)], 0.0)
 
     parts = (frame.tilts, frame.tilt_weights, frame.beam_hkl, frame.beam_mask, frame.coupling_index, frame.refl_beam)
@@ -74,11 +75,11 @@ def reflection_intensities(u_table, frame: FrameArrays, delta, nodes, axis, wave
 
 
 def frame_intensities(u_table, frame: FrameArrays, delta, nodes, node_weights, axis, wavelength, kappa, chunk=0,
-                      strong_beams=0):
+                      strong_beams=0, single_precision=False):
     """Thickness- and tilt-averaged intensity of every reflection of one frame, ``[refl]``
     (:func:`reflection_intensities` averaged with the thickness weights)."""
     return node_weights @ reflection_intensities(u_table, frame, delta, nodes, axis, wavelength, kappa, chunk,
-                                                 strong_beams)
+                                                 strong_beams, single_precision)
 
 
 def scaled_fit(intensity, frame: FrameArrays):
@@ -130,7 +131,7 @@ def evaluate_frames(
     def one(args):
         frame, delta, t, w = args
         intensity = frame_intensities(u_table, frame, delta, t, w, axis, constants.wavelength, kappa,
-                                      constants.tilt_chunk, constants.strong_beams)
+                                      constants.tilt_chunk, constants.strong_beams, constants.single_precision)
         return scaled_fit(intensity, frame)
 
     body = jax.checkpoint(one) if remat else one
@@ -243,7 +244,7 @@ def grid_chi2(sites, kappa, orientation, frames: FrameArrays, grid, crystal, con
     def one(args):
         frame, delta = args
         per_node = reflection_intensities(u_table, frame, delta, grid, axis, constants.wavelength, kappa,
-                                          constants.tilt_chunk, constants.strong_beams)
+                                          constants.tilt_chunk, constants.strong_beams, constants.single_precision)
         return jax.vmap(lambda e: scaled_fit(e @ per_node, frame)[0])(eye)
 
     return jax.lax.map(one, (frames, orientation[frames.index]))

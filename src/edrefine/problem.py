@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from . import measurement, merit, selection
+from .bethe import solved_strong_beams
 from .beams import bucket_capacity, centring_vectors, lattice_points
 from .crystal import Crystal
 from .diffraction import crystal_potential
@@ -138,6 +139,8 @@ class DatasetConstants(eqx.Module):
             :func:`bound_memory` so that one pass fits the memory limit.
         strong_beams: beams solved exactly per orientation, the rest by Bethe perturbation
             (static; 0: the full matrix).
+        single_precision: each orientation solved in float32 / complex64, everything around it
+            (structure factors, geometry, sums, fit) in the process's precision (static).
     """
 
     coupling_hkl: Int[Array, "coupling 3"]
@@ -146,6 +149,7 @@ class DatasetConstants(eqx.Module):
     gamma: float = eqx.field(static=True)
     tilt_chunk: int = eqx.field(static=True, default=0)
     strong_beams: int = eqx.field(static=True, default=0)
+    single_precision: bool = eqx.field(static=True, default=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +230,7 @@ def prepare_dataset(
         coupling_index=beam_sets.coupling_index.reshape(*per_segment, *beam_sets.coupling_index.shape[1:]),
         frame_mask=np.ones(len(index), dtype=bool), **arrays)
     constants = DatasetConstants(beam_sets.coupling_hkl, axis, float(data.wavelength), float(gamma),
-                                 strong_beams=settings.strong_beams)
+                                 strong_beams=solved_strong_beams(settings.strong_beams, int(beam_sets.hkl.shape[1])))
     return DatasetProblem(frames_arrays, constants, data, name)
 
 

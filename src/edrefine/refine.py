@@ -22,7 +22,7 @@ from .crystal import Crystal
 from .errors import InputError
 from .loss import Problem, StructuralIndex
 from .least_squares import initial_state as least_squares_start
-from .least_squares import STRUCTURAL, Layout, end_reserve, polish, run_least_squares, tangent_plan
+from .least_squares import STRUCTURAL, Layout, end_reserve, polish, run_least_squares, tangent_plan, total_chi2
 from .optimise import TimeBudget, TrainingState, build_parameters, first_order_optimiser, run_first_order, run_lbfgs, training_state
 from .summary import count_parameters, figures_of_merit, frame_table
 from .parameters import RefinementParameters, reset_u
@@ -33,7 +33,7 @@ from .problem import bound_memory, prepare_dataset, structure_context
 from .refine_settings import RefinementSettings
 from .restraints import distance_restraints
 from .settings import CalculationSettings
-from .uncertainty import crystal_uncertainties
+from .uncertainty import crystal_uncertainties, jacobian_problem, table_chi2
 
 
 @dataclasses.dataclass
@@ -139,12 +139,27 @@ def refine(
             state.opt_state = None
         state, stage = checkpoint.load(folder, state, fingerprint)
 
+    if calculation.strong_beams is None:
+        for dataset in problem.datasets:
+            if dataset.constants.strong_beams:
+                message = (f"{dataset.name}: {dataset.frames.capacity} beams per orientation, so "
+                           f"{dataset.constants.strong_beams} strong beams and the rest by Bethe perturbation "
+                           "(automatic; strong_beams = 0 for the full matrix)")
+                if message not in state.events:
+                    state.events.append(message)
     index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
     tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
+    cheaper = jacobian_problem(problem, settings.uncertainty_beams)
+    su_problem, su_block = tangent_plan(cheaper, nodes, settings.memory_limit, index.size)
     budget = None
-    if settings.time_limit is not None:
-        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, index.size, block),
-                            forward_seconds)
+    if settings.time_limit:
+        su_forward = forward_seconds
+        if cheaper is not problem and index.size:
+            su_begin = time.perf_counter()
+            total_chi2(params, su_problem, settings.chunk_frames)
+            su_forward = time.perf_counter() - su_begin
+        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, index.size, su_block,
+                                                                            su_forward), forward_seconds)
 
     def epoch_hook(s: TrainingState, record: dict) -> None:
         if s.epoch % settings.report_every == 0 or s.epoch == (s.planned_epochs or settings.epochs):
@@ -156,15 +171,16 @@ def refine(
             on_epoch(s, record)
 
     interrupted = False
+    epoch_problem = problem.with_constants(single_precision=True) if settings.epoch_precision == "float32" else problem
     stage_hook("epochs")
     try:
         if stage == "first-order" and settings.optimiser == "adam":
-            state = run_first_order(problem, state, settings, epoch_hook, budget)
+            state = run_first_order(epoch_problem, state, settings, epoch_hook, budget)
         elif stage == "first-order" and settings.optimiser == "lbfgs":
-            state = run_lbfgs(problem, state, settings, epoch_hook)
+            state = run_lbfgs(epoch_problem, state, settings, epoch_hook)
         elif stage == "first-order" and settings.optimiser == "lm":
             layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
-            lm_problem, lm_block = tangent_plan(problem, nodes, settings.memory_limit, layout_size)
+            lm_problem, lm_block = tangent_plan(epoch_problem, nodes, settings.memory_limit, layout_size)
             state = run_least_squares(lm_problem, state, settings, epoch_hook, lm_block)
     except KeyboardInterrupt:
         interrupted = True
@@ -203,9 +219,9 @@ def refine(
     refined = start.with_params(params.sites)
     if index.size:
         stage_hook("standard uncertainties")
-        uncertainties, _, _ = crystal_uncertainties(params, tangent_problem, index,
+        uncertainties, _, _ = crystal_uncertainties(params, su_problem, index,
                                                     count_parameters(params, start, settings), settings.chunk_frames,
-                                                    block)
+                                                    su_block, table_chi2(table, params, problem))
     else:
         n = len(start.labels)
         uncertainties = Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan),

@@ -69,6 +69,16 @@ class RefinementSettings:
         patience: epochs without improvement before stopping (0: never stop early).
         polish_steps: Levenberg–Marquardt iterations on the structure after Adam (0: none); each costs
             about one forward pass per structural parameter.
+        uncertainty_beams: strong beams per orientation in the Jacobian of the s.u.s when the
+            calculation solves more (0: the calculation itself). One tangent costs about one
+            forward pass, so a CsPbBr₃-sized calculation (256 of 1280 beams) spends most of a
+            short run on its s.u.s; with fewer strong beams they cost a fraction of that and
+            change by a few per cent (docs/refinement.md). GoF keeps the refined calculation's χ².
+        epoch_precision: float64 or float32: the precision of the orientation solves in the
+            epochs (Adam, L-BFGS or L–M iterations and the Gauss–Newton orientation steps); the
+            thickness search, every reported R, the polish and the s.u.s use the process's
+            precision (float64 by default). float32 roughly halves an epoch
+            (docs/refinement.md, "Single-precision epochs").
         chunk_frames: frames evaluated in one compiled call (bounds memory).
         seed: initialisation of the neural model and the mini-batch order.
         u_min: lower bound of U eigenvalues [Å²]; u_reset: start every site isotropic at this
@@ -84,12 +94,13 @@ class RefinementSettings:
             process must be started with that many host devices (``edrefine --devices N``).
         tilt_chunk: tilts of a frame solved side by side (None: the most that fit the memory
             limit; fewer tilts at a time need less memory and give the same result).
-        time_limit: minutes for the whole refinement (None: no limit). After timing its first
+        time_limit: minutes for the whole refinement (0 or None: no limit). After timing its first
             epochs the run plans the epoch count that fits, keeping time for the s.u.s and the
             final R (:func:`edrefine.optimise.planned_epochs`); the polish runs only while time
-            is left. The plan is kept in the checkpoint, so a resumed run follows it; with a limit
-            the result depends on the machine's speed (give ``epochs`` without a limit for a run
-            that does not).
+            is left. The plan is kept in the checkpoint, so a resumed run follows it. The default
+            (20 minutes) only shortens runs that would take longer, which then depend on the
+            machine's speed and say so in their events; give ``time_limit = 0`` for a run that
+            never does.
     """
 
     thickness_model: str = "neural-grid"
@@ -111,6 +122,8 @@ class RefinementSettings:
     validation_fraction: float = 0.0
     patience: int = 30
     polish_steps: int = 3
+    uncertainty_beams: int = 96
+    epoch_precision: str = "float32"
     chunk_frames: int = 16
     seed: int = 0
     u_min: float = 1e-4
@@ -124,7 +137,7 @@ class RefinementSettings:
     memory_limit: float | None = None
     tilt_chunk: int | None = None
     devices: int = 1
-    time_limit: float | None = None
+    time_limit: float | None = 20.0
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -135,6 +148,8 @@ class RefinementSettings:
             raise InputError(f"must be auto, dataset or frame, got {self.thickness_start!r}", source="thickness_start")
         if self.optimiser not in ("adam", "lbfgs", "lm"):
             raise InputError(f"must be adam, lbfgs or lm, got {self.optimiser!r}", source="optimiser")
+        if self.epoch_precision not in ("float64", "float32"):
+            raise InputError(f"must be float64 or float32, got {self.epoch_precision!r}", source="epoch_precision")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise InputError(f"must be cosine, exponential or constant, got {self.schedule!r}", source="schedule")
         for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes",
@@ -142,7 +157,7 @@ class RefinementSettings:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise InputError(f"must be a positive integer, got {value!r}", source=name)
-        for name in ("batch_frames", "patience", "polish_steps", "warmup", "seed"):
+        for name in ("batch_frames", "patience", "polish_steps", "warmup", "seed", "uncertainty_beams"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 0):
                 raise InputError(f"must be a non-negative integer, got {value!r}", source=name)
@@ -175,8 +190,8 @@ class RefinementSettings:
             raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
             raise InputError(f"must be a positive integer, got {self.tilt_chunk!r}", source="tilt_chunk")
-        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
-            raise InputError(f"must be a positive number of minutes, got {self.time_limit!r}", source="time_limit")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit >= 0):
+            raise InputError(f"must be a number of minutes (0: no limit), got {self.time_limit!r}", source="time_limit")
         if self.memory_limit is not None and not (math.isfinite(self.memory_limit) and self.memory_limit > 0):
             raise InputError(f"must be a positive number of GB, got {self.memory_limit!r}", source="memory_limit")
         if not (math.isfinite(self.u_min) and self.u_min > 0):

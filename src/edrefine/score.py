@@ -60,7 +60,7 @@ def score_dataset(
     precession_steps: int = 24,
     mosaicity: float | str | None = None,
     progress: Callable[[int, int], None] | None = None,
-    strong_beams: int = 0,
+    strong_beams: int | None = 0,
     tilt_segments: int = 1,
 ) -> dict:
     """R(obs), wR(all), GoF (global, Jana form) and per-frame means (published form).
@@ -90,7 +90,8 @@ def score_dataset(
             ``fo``, ``fc`` (scaled), ``weight`` and ``observed`` arrays.
         progress: called as ``progress(done, total)`` after each frame is integrated.
         strong_beams: beams per orientation solved exactly, the rest by Bethe perturbation
-            (:mod:`edrefine.bethe`); 0 for the full matrix.
+            (:mod:`edrefine.bethe`); 0 for the full matrix; None: automatic
+            (:func:`edrefine.bethe.solved_strong_beams`).
         tilt_segments: consecutive parts of each frame's tilts with a beam set of their own
             (:func:`measurement.segment_beam_sets`; continuous rotation without mosaic spread).
 

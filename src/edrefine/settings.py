@@ -67,7 +67,9 @@ class CalculationSettings:
         strong_beams: beams per orientation solved exactly (those of smallest |S_g|); the others
             enter by Bethe perturbation (:mod:`edrefine.bethe`). 0: the full matrix; 1: the
             kinematical (single-scattering) model, each reflection with the rocking curve of a
-            crystal of the frame's thickness.
+            crystal of the frame's thickness. None (the default): automatic, the full matrix up to
+            384 beams per orientation and 256 strong beams beyond
+            (:func:`edrefine.bethe.solved_strong_beams`).
         tilt_segments: consecutive parts of each frame's tilts that get a beam set of their own
             (the union over the part's tilts instead of the whole frame's), so that a wide frame
             needs fewer beams per solve; a divisor of ``tilts``. 1: one set per frame.
@@ -82,7 +84,7 @@ class CalculationSettings:
     dsg: float = 0.0015
     form_factors: str = "lobato"
     absorption: float | None = None
-    strong_beams: int = 0
+    strong_beams: int | None = None
     tilt_segments: int = 1
     thickness_min: float = 50.0
     thickness_max: float = 2000.0
@@ -97,7 +99,7 @@ class CalculationSettings:
                 raise InputError(f"must be a positive number, got {value!r}", source=name)
         if not (isinstance(self.dsg, (int, float)) and math.isfinite(self.dsg) and self.dsg >= 0):
             raise InputError(f"must be a non-negative number, got {self.dsg!r}", source="dsg")
-        if self.strong_beams < 0:
+        if self.strong_beams is not None and self.strong_beams < 0:
             raise InputError(f"must be 0 (full matrix) or a positive integer, got {self.strong_beams!r}",
                              source="strong_beams")
         if not (isinstance(self.tilts, int) and self.tilts >= 1):

@@ -123,7 +123,7 @@ def model_intensities(
     sweep: str,
     form_factors: str,
     absorption: float | None,
-    strong_beams: int = 0,
+    strong_beams: int | None = 0,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per frame: the selected hkl [refl, 3] and their thickness-averaged intensities (fraction of the beam)."""
     factors = form_factors_for(crystal, form_factors)
@@ -171,7 +171,7 @@ def simulate_dataset(
     sweep: str = "half",
     form_factors: str = "lobato",
     absorption: float | None = None,
-    strong_beams: int = 0,
+    strong_beams: int | None = 0,
 ) -> PetsData:
     """A simulated dataset on ``template``'s geometry with Poisson counts (see the module docstring).
 

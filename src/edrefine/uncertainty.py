@@ -9,9 +9,16 @@ the usual least-squares estimate (Jᵀ W J with W folded into r). J is taken in 
 (one tangent per parameter through the propagator's custom JVP), chunk by chunk of frames, and
 only JᵀJ and χ² are kept (:func:`edrefine.least_squares.normal_equations`). Coordinates
 follow x = x₀ + Pθ, so Σ_x = P Σ_θ Pᵀ per site; U_cif = Bφ for anisotropic sites.
+
+One tangent costs about one forward pass, so for a large Bethe calculation J may come from a
+cheaper one (:func:`jacobian_problem`: fewer strong beams per orientation) while GoF² keeps the
+χ² of the refined calculation; the change this makes to the s.u.s is measured in
+docs/refinement.md ("Standard uncertainties").
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -34,15 +41,43 @@ def observation_count(problem: Problem) -> int:
     return count
 
 
+def jacobian_problem(problem: Problem, strong_beams: int) -> Problem:
+    """``problem`` with every dataset's orientations solved with at most ``strong_beams`` strong
+    beams (the rest by Bethe perturbation); datasets that already solve fewer (kinematical,
+    smaller beam sets, a smaller reduction) and ``strong_beams = 0`` leave it unchanged."""
+    def solved(dataset) -> int:
+        capacity = dataset.frames.capacity
+        return dataset.constants.strong_beams if 0 < dataset.constants.strong_beams < capacity else capacity
+
+    if strong_beams <= 0 or all(solved(d) <= strong_beams for d in problem.datasets):
+        return problem
+    datasets = tuple(d if solved(d) <= strong_beams else
+                     dataclasses.replace(d, constants=dataclasses.replace(d.constants, strong_beams=strong_beams))
+                     for d in problem.datasets)
+    return dataclasses.replace(problem, datasets=datasets)
+
+
+def table_chi2(table: list[dict], params: RefinementParameters, problem: Problem) -> float:
+    """χ² = Σ w (|Fo| − k|Fc|)² of :func:`edrefine.summary.frame_table` rows plus the restraints."""
+    chi2 = sum(float(np.sum(row["weight"] * (row["fo"] - row["fc"]) ** 2)) for row in table)
+    if problem.restraints is not None:
+        r = restraint_residuals(problem.crystal.with_params(params.sites), problem.restraints)
+        chi2 += float(jnp.sum(r**2))
+    return chi2
+
+
 def structural_covariance(params: RefinementParameters, problem: Problem, index: StructuralIndex,
-                          n_parameters: int | None = None, chunk: int = 16, block: int = 32
-                          ) -> tuple[np.ndarray, float]:
+                          n_parameters: int | None = None, chunk: int = 16, block: int = 32,
+                          chi2: float | None = None) -> tuple[np.ndarray, float]:
     """(Σ_p ``[p p]``, GoF) at ``params``; GoF counts ``n_parameters`` (default: the vector size).
 
     JᵀJ and χ² are summed chunk by chunk of ``chunk`` frames with ``block`` tangents at a time
-    (:func:`edrefine.least_squares.normal_equations`), so memory stays that of a refinement step."""
+    (:func:`edrefine.least_squares.normal_equations`), so memory stays that of a refinement step.
+    ``chi2``: the χ² of the refined calculation when ``problem`` is a cheaper one for J
+    (:func:`jacobian_problem`); None: the χ² of ``problem``."""
     layout = Layout(index, Layout.of(params, problem.crystal, ()).others)
-    normal, _, chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+    normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+    chi2 = own_chi2 if chi2 is None else chi2
     n = observation_count(problem)
     p = index.size if n_parameters is None else n_parameters
     gof2 = float(chi2 / max(n - p, 1))
@@ -51,10 +86,11 @@ def structural_covariance(params: RefinementParameters, problem: Problem, index:
 
 
 def crystal_uncertainties(params: RefinementParameters, problem: Problem, index: StructuralIndex,
-                          n_parameters: int | None = None, chunk: int = 16, block: int = 32
-                          ) -> tuple[Uncertainties, np.ndarray, float]:
-    """s.u.s of coordinates (fractional), U_cif [Å²] and occupancies for the CIF, with Σ_p and GoF."""
-    covariance, gof = structural_covariance(params, problem, index, n_parameters, chunk, block)
+                          n_parameters: int | None = None, chunk: int = 16, block: int = 32,
+                          chi2: float | None = None) -> tuple[Uncertainties, np.ndarray, float]:
+    """s.u.s of coordinates (fractional), U_cif [Å²] and occupancies for the CIF, with Σ_p and GoF
+    (arguments as :func:`structural_covariance`)."""
+    covariance, gof = structural_covariance(params, problem, index, n_parameters, chunk, block, chi2)
     crystal = problem.crystal
     sites = len(crystal.labels)
     position_basis = np.asarray(crystal.position_basis)
