@@ -93,9 +93,10 @@ def test_single_precision_solves_in_a_float64_process_are_within_the_float32_tol
             jnp.asarray(weights), jnp.asarray(LAMBDA), jnp.array([100.0, 300.0, 700.0]), jnp.asarray(0.05), 0, strong,
             single)
 
+    jitted = jax.jit(intensity, static_argnums=(1, 2))
     for strong in (0, 12):
-        double = intensity(1.0, strong, False)
-        single = intensity(1.0, strong, True)
+        double = jitted(1.0, strong, False)
+        single = jitted(1.0, strong, True)
         assert single.dtype == jnp.float64
         error = float(jnp.max(jnp.abs(single - double)))
         assert 1e-9 < error < SINGLE_SOLVE_INTENSITY_TOLERANCE
@@ -103,5 +104,6 @@ def test_single_precision_solves_in_a_float64_process_are_within_the_float32_tol
         solves = [line for line in jaxpr.splitlines() if "= eigh[" in line]
         assert solves and all("c64" in line or "f32" in line for line in solves), solves
         assert not any("c128" in line or "f64" in line for line in solves)
-        gradients = [jax.grad(lambda s: jnp.sum(probe * intensity(s, strong, single)))(1.0) for single in (False, True)]
+        gradients = [jax.jit(jax.grad(lambda s: jnp.sum(probe * intensity(s, strong, single))))(1.0)
+                     for single in (False, True)]
         assert float(gradients[1]) == pytest.approx(float(gradients[0]), rel=FLOAT32_GRADIENT_TOLERANCE)
