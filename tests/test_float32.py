@@ -17,25 +17,43 @@ FLOAT32_INTENSITY_TOLERANCE = 2e-4
 FLOAT32_GRADIENT_TOLERANCE = 1e-2
 """Largest relative error of the float32 gradient (the eigenvector derivative divides by gaps)."""
 
+def silicon_case(absorption=None):
+    """Silicon at 1.6 Å⁻¹ seen through 4 Gauss tilts over ±0.3°: ``(intensity, probe)`` with
+    ``intensity(scale, strong, single=False)`` the tilt-integrated intensities at 100, 300 and
+    700 Å for the potential times ``scale``, and ``probe`` fixed weights for a scalar gradient."""
+    import jax.numpy as jnp
+
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from test_precession import LAMBDA, setup
+
+    from edrefine import measurement
+
+    m, k, candidates, u_table = setup(1.6)
+    tilts, weights = measurement.tilt_rule(4, np.deg2rad(0.3), "gauss")
+    axis = jnp.asarray([0.6, 0.8, 0.0])
+    stack = measurement.rotation_orientations(jnp.asarray(m), axis, jnp.asarray(tilts))
+    sets = measurement.orientation_beam_sets(candidates, np.asarray(stack)[None], k, 0.03)
+    u = u_table(sets)
+    kappa = None if absorption is None else jnp.asarray(absorption)
+    probe = jnp.asarray(np.random.default_rng(0).uniform(size=(3, sets.capacity)))
+
+    def intensity(scale, strong, single=False):
+        return measurement.orientation_intensities(
+            u * scale, jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]), jnp.asarray(sets.mask[0]), stack,
+            jnp.asarray(weights), jnp.asarray(LAMBDA), jnp.array([100.0, 300.0, 700.0]), kappa, 0, strong, single)
+
+    return intensity, probe
+
+
 CHILD = r"""
 import json, sys
 import jax
 jax.config.update("jax_enable_x64", sys.argv[1] == "64")
 import jax.numpy as jnp, numpy as np
 sys.path.insert(0, sys.argv[2])
-from test_precession import LAMBDA, setup
-from edrefine import measurement
-m, k, candidates, u_table = setup(1.6)
-tilts, weights = measurement.tilt_rule(4, np.deg2rad(0.3), "gauss")
-axis = jnp.asarray([0.6, 0.8, 0.0])
-stack = measurement.rotation_orientations(jnp.asarray(m), axis, jnp.asarray(tilts))
-sets = measurement.orientation_beam_sets(candidates, np.asarray(stack)[None], k, 0.03)
-u = u_table(sets)
-probe = jnp.asarray(np.random.default_rng(0).uniform(size=(3, sets.capacity)))
-def intensity(scale, strong):
-    return measurement.orientation_intensities(u * scale, jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]),
-        jnp.asarray(sets.mask[0]), stack, jnp.asarray(weights), jnp.asarray(LAMBDA), jnp.array([100.0, 300.0, 700.0]),
-        None, 0, strong)
+from test_float32 import silicon_case
+intensity, probe = silicon_case()
 out = {}
 for strong in (0, 12):
     f = jax.jit(lambda s: intensity(s, strong))
@@ -74,24 +92,7 @@ def test_single_precision_solves_in_a_float64_process_are_within_the_float32_tol
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_precession import LAMBDA, setup
-
-    from edrefine import measurement
-
-    m, k, candidates, u_table = setup(1.6)
-    tilts, weights = measurement.tilt_rule(4, np.deg2rad(0.3), "gauss")
-    axis = jnp.asarray([0.6, 0.8, 0.0])
-    stack = measurement.rotation_orientations(jnp.asarray(m), axis, jnp.asarray(tilts))
-    sets = measurement.orientation_beam_sets(candidates, np.asarray(stack)[None], k, 0.03)
-    u = u_table(sets)
-    probe = jnp.asarray(np.random.default_rng(0).uniform(size=(3, sets.capacity)))
-
-    def intensity(scale, strong, single):
-        return measurement.orientation_intensities(
-            u * scale, jnp.asarray(sets.coupling_index[0]), jnp.asarray(sets.hkl[0]), jnp.asarray(sets.mask[0]), stack,
-            jnp.asarray(weights), jnp.asarray(LAMBDA), jnp.array([100.0, 300.0, 700.0]), jnp.asarray(0.05), 0, strong,
-            single)
+    intensity, probe = silicon_case(0.05)
 
     jitted = jax.jit(intensity, static_argnums=(1, 2))
     for strong in (0, 12):

@@ -155,7 +155,7 @@ def refine(
     if settings.time_limit:
         su_forward = forward_seconds
         if cheaper is not problem and index.size:
-            total_chi2(params, su_problem, settings.chunk_frames)  # compiles: the s.u.s then run compiled
+            total_chi2(params, su_problem, settings.chunk_frames)  # the first call compiles; time the second
             su_begin = time.perf_counter()
             total_chi2(params, su_problem, settings.chunk_frames)
             su_forward = time.perf_counter() - su_begin
