@@ -12,7 +12,7 @@ The levers: ``strong`` (Bethe reduction to N_s strong beams), ``segments`` (each
 parts of a frame's tilts with its own beam set), ``chunk`` (tilts side by side: memory, not
 speed), ``float32`` (the whole process in single precision), ``single`` (only the orientation
 solves in float32 / complex64 in a float64 process: ``epoch_precision = "float32"``), ``devices``
-(frames split over host devices). A full-matrix
+(frames split over host devices), ``model`` (the thickness model, default ``neural``). A full-matrix
 CsPbBr₃ epoch takes most of an hour on 2 cores, so ``--frames K`` times K frames spread over the
 dataset and scales the times to the whole dataset (printed as "per epoch (scaled)").
 
@@ -39,7 +39,8 @@ CASES = {
     "quartz": dict(structure="quartz/quartz_kinematical.cif", data="quartz/quartz.cif_pets", gmax=2.0, sgmax=0.01,
                    rsg=0.9, dsg=0.0015, tilts=42, frames=0,
                    levers=[{}, {"strong": 96}, {"strong": 64}, {"chunk": 6}, {"float32": True}, {"devices": 2},
-                           {"strong": 96, "devices": 2, "float32": True}, {"segments": 6}, {"single": True}]),
+                           {"strong": 96, "devices": 2, "float32": True}, {"segments": 6}, {"single": True},
+                           {"model": "neural-grid"}, {"model": "neural-grid", "single": True}]),
     "cspbbr3": dict(structure="cspbbr3/cspbbr3.cif", data="cspbbr3/CsPbBr_P67-crot-050_dyn.cif_pets", gmax=2.3,
                     sgmax=0.02, rsg=0.66, dsg=0.0015, tilts=42, frames=4,
                     levers=[{"chunk": 14}, {"strong": 384, "chunk": 14}, {"strong": 256}, {"strong": 256, "segments": 6},
@@ -83,7 +84,7 @@ def child(spec: dict) -> dict:
     if spec.get("single"):
         problem = problem.with_constants(single_precision=True)
     # chunks of 16 frames, as a refinement uses, but never padded beyond the frames timed
-    settings = RefinementSettings(thickness_model="neural", thickness_start="dataset",
+    settings = RefinementSettings(thickness_model=spec.get("model", "neural"), thickness_start="dataset",
                                   chunk_frames=min(16, int(dataset.frames.count)))
     params = build_parameters(problem, settings, None)
     rows = [np.arange(dataset.frames.count)]

@@ -81,6 +81,28 @@ def _summary(params, problem, settings) -> tuple[dict, list]:
     return figures_of_merit(table, count_parameters(params, problem.crystal, settings)), table
 
 
+def _time_budget(deadline: float, params, problem: Problem, su_problem: Problem, reduced_jacobian: bool,
+                 parameters: int, su_block: int, settings: RefinementSettings,
+                 first_forward: float) -> tuple[TimeBudget, float]:
+    """The epochs' :class:`TimeBudget` and the seconds of one compiled forward pass.
+
+    ``first_forward`` (the starting R) included compiling, which the final R does not repeat. When
+    the s.u. Jacobian comes from a reduced calculation (``reduced_jacobian``), that calculation is
+    compiled and timed, and the first forward stands (a second full pass would cost more than the
+    compile time it removes); otherwise the starting R is timed once more, compiled."""
+    if reduced_jacobian and parameters:
+        total_chi2(params, su_problem, settings.chunk_frames)  # the first call compiles; time the second
+        begin = time.perf_counter()
+        total_chi2(params, su_problem, settings.chunk_frames)
+        su_forward = time.perf_counter() - begin
+        forward = first_forward
+    else:
+        begin = time.perf_counter()
+        _summary(params, problem, settings)
+        forward = su_forward = time.perf_counter() - begin
+    return TimeBudget(deadline, end_reserve(forward, parameters, su_block, su_forward), forward), forward
+
+
 def refine(
     crystal: Crystal,
     datasets: Sequence[PetsData],
@@ -153,14 +175,9 @@ def refine(
     su_problem, su_block = tangent_plan(cheaper, nodes, settings.memory_limit, index.size)
     budget = None
     if settings.time_limit:
-        su_forward = forward_seconds
-        if cheaper is not problem and index.size:
-            total_chi2(params, su_problem, settings.chunk_frames)  # the first call compiles; time the second
-            su_begin = time.perf_counter()
-            total_chi2(params, su_problem, settings.chunk_frames)
-            su_forward = time.perf_counter() - su_begin
-        budget = TimeBudget(begin + 60.0 * settings.time_limit, end_reserve(forward_seconds, index.size, su_block,
-                                                                            su_forward), forward_seconds)
+        budget, forward_seconds = _time_budget(begin + 60.0 * settings.time_limit, params, problem, su_problem,
+                                               cheaper is not problem, index.size, su_block, settings,
+                                               forward_seconds)
 
     def epoch_hook(s: TrainingState, record: dict) -> None:
         if s.epoch % settings.report_every == 0 or s.epoch == (s.planned_epochs or settings.epochs):
