@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
+    parser.add_argument("--batch-frames", type=int, default=None, help="frames per mini-batch (default: the refinement default)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="minutes (0: no limit; default: the refinement default)")
     parser.add_argument("--grid-span", type=grid_span_flag, default=None,
                         help="neural-grid span (a number > 1, or 'none': the whole bounds; default: the refinement default)")
     add_orientation_flags(parser)
@@ -103,7 +106,8 @@ def main() -> None:
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
                              thickness_model=args.thickness_model, thickness_start=args.thickness_start,
-                             polish_steps=args.polish_steps,
+                             polish_steps=args.polish_steps, batch_frames=args.batch_frames,
+                             time_limit=args.time_limit,
                              grid_span=None if args.grid_span == "none" else args.grid_span)
     if args.grid_span == "none":  # None among the values means "the default", so set it afterwards
         settings = dataclasses.replace(settings, grid_span=None)
@@ -125,7 +129,8 @@ def main() -> None:
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
-               "grid_span": settings.grid_span,
+               "grid_span": settings.grid_span, "batch_frames": settings.batch_frames,
+               "time_limit": settings.time_limit, "epochs_run": len(result.history),
                "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay,
                "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every,
                "orientation_sigma": settings.orientation_sigma, "omega_step": settings.omega_step, "learning_rates": dict(settings.learning_rates),

@@ -155,5 +155,22 @@ def test_chunks_trim_padding_without_changing_the_result(setup):
     assert trimmed.capacity < untrimmed.capacity
     a = objective.chunk_evaluation(params, 0, untrimmed, crystal, context, problem.constants)
     b = objective.chunk_evaluation(params, 0, trimmed, crystal, context, problem.constants)
-    order = np.argsort(f.beam_counts(), kind="stable")
+    order = np.argsort(-f.beam_counts(), kind="stable")
     np.testing.assert_allclose(np.asarray(b.chi2), np.asarray(a.chi2)[order], rtol=1e-9)
+
+
+@pytest.mark.parametrize("size, multiple, expected", [(4, 1, 3), (3, 1, 3), (2, 1, 2), (4, 2, 4), (5, 1, 5), (9, 1, 5)])
+def test_chunks_are_even_and_put_the_padding_at_the_fewest_beams(setup, size, multiple, expected):
+    """Every row once, in the fewest chunks of at most ``size`` frames, all of one size (a multiple
+    of ``multiple``); beam counts fall from chunk to chunk, so the padded frames of the last chunk
+    are solved at the smallest capacity."""
+    f = setup[2].frames
+    assert f.count == 5
+    rows = np.arange(f.count)
+    pieces = f.chunks(rows, size, multiple)
+    taken = np.concatenate([part for part, _ in pieces])
+    np.testing.assert_array_equal(np.sort(taken), rows)
+    assert np.all(np.diff(f.beam_counts()[taken]) <= 0)
+    assert all(arrays.count == expected for _, arrays in pieces)
+    assert len(pieces) == -(-f.count // expected)
+    assert pieces[-1][1].capacity == min(arrays.capacity for _, arrays in pieces)

@@ -44,6 +44,11 @@ class Problem:
         devices = 1 if self.mesh is None else self.mesh.size
         return -(-chunk // devices) * devices
 
+    @property
+    def devices(self) -> int:
+        """Devices a chunk of frames is split over (1 without a mesh)."""
+        return 1 if self.mesh is None else self.mesh.size
+
     def with_constants(self, **changes) -> "Problem":
         """The problem with ``changes`` to every dataset's :class:`DatasetConstants` (how each
         orientation is solved: ``strong_beams``, ``single_precision``, ``tilt_chunk``)."""

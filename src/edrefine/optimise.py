@@ -235,7 +235,7 @@ def batch_gradient(params: RefinementParameters, problem: Problem, batches: list
     arrays, static = eqx.partition(params, eqx.is_inexact_array)
     total, grad = 0.0, jax.tree_util.tree_map(jnp.zeros_like, arrays)
     for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
-        for _, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
+        for _, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk), problem.devices):
             value, g = chunk_value_and_grad(params, d, frames, problem.crystal, problem.context, dataset.constants,
                                             problem.remat, problem.mesh)
             total += float(value)  # waits for the chunk: two in-flight sharded programs can deadlock on CPU
@@ -255,7 +255,7 @@ def evaluate_loss(params: RefinementParameters, problem: Problem, batches: list[
     """Σ χ² / Σ w|Fo|² over frame rows ``batches`` (forward only)."""
     total = 0.0
     for d, (dataset, rows) in enumerate(zip(problem.datasets, batches)):
-        for part, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk)):
+        for part, frames in dataset.frames.chunks(rows, problem.chunk_size(chunk), problem.devices):
             e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants, problem.mesh)
             total += float(np.sum(np.asarray(e.chi2)[: len(part)]))
     denominator = batch_denominator(problem, batches)
@@ -276,14 +276,26 @@ def _restraint_gradient(params, problem: Problem):
 
 
 def _batches(problem: Problem, training: list[np.ndarray], settings: RefinementSettings, epoch: int):
-    """Mini-batches of each dataset's training rows for one epoch (deterministic in seed, epoch)."""
+    """Mini-batches of each dataset's training rows for one epoch (deterministic in seed, epoch):
+    the fewest batches of at most ``batch_frames`` frames, each dataset's rows shuffled and
+    split into that many near-equal parts (a dataset with fewer rows than batches repeats its rows
+    so that every batch holds some of them)."""
     if settings.batch_frames <= 0:
         return [training]
     rng = np.random.default_rng([settings.seed, epoch])
     shuffled = [rng.permutation(rows) for rows in training]
     count = max(math.ceil(len(rows) / settings.batch_frames) for rows in training)
-    return [[np.sort(rows[(b * settings.batch_frames) % max(len(rows), 1):][: settings.batch_frames])
-             for rows in shuffled] for b in range(count)]
+    parts = [np.array_split(rows if len(rows) >= count or not len(rows) else np.resize(rows, count), count)
+             for rows in shuffled]
+    return [[np.sort(part[b]) for part in parts] for b in range(count)]
+
+
+def _epoch_loss(losses: list[float], denominators: list[float]) -> float:
+    """The epoch's loss: its batches' losses (each taken before that batch's step) weighted by
+    their Σ w|Fo|²; NaN if no batch was finite."""
+    finite = [(value, weight) for value, weight in zip(losses, denominators) if math.isfinite(value)]
+    total = sum(weight for _, weight in finite)
+    return sum(value * weight for value, weight in finite) / total if finite and total > 0 else math.nan
 
 
 def adam_step(state: TrainingState, optimiser, problem: Problem, batches, settings: RefinementSettings) -> float:
@@ -361,8 +373,8 @@ def run_first_order(
         start = time.perf_counter()
         snapshot = (state.params, state.opt_state, state.step_factor, len(state.events))
         try:
-            losses = [adam_step(state, optimiser, problem, b, settings)
-                      for b in _batches(problem, training, settings, state.epoch)]
+            batches = _batches(problem, training, settings, state.epoch)
+            losses = [adam_step(state, optimiser, problem, b, settings) for b in batches]
             adam_seconds = time.perf_counter() - start
             orientation = None
             if orientation_due(state.epoch + 1, plan):
@@ -374,13 +386,12 @@ def run_first_order(
             del state.events[snapshot[3]:]
             raise
         state.epoch += 1
-        record = {"epoch": state.epoch, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any() else math.nan,
+        record = {"epoch": state.epoch, "loss": _epoch_loss(losses, [batch_denominator(problem, b) for b in batches]),
                   "seconds": time.perf_counter() - start, "adam_seconds": adam_seconds}
         if orientation is not None:
             record["orientation"] = orientation
-        monitor_rows = validation if has_validation else training
-        monitor = evaluate_loss(state.params, problem, monitor_rows, settings.chunk_frames) \
-            if (has_validation or settings.batch_frames > 0) else record["loss"]
+        monitor = evaluate_loss(state.params, problem, validation, settings.chunk_frames) if has_validation \
+            else record["loss"]
         if has_validation:
             record["validation_loss"] = monitor
         if budget is not None and state.planned_epochs is None and (state.epoch >= PLAN_AFTER or

@@ -58,7 +58,7 @@ def chunk_orientation_equations(params: RefinementParameters, d: int, frames, cr
 def _row_chunks(problem: Problem, d: int, rows: np.ndarray, chunk: int):
     """(positions in ``rows``, frame arrays) of each chunk of dataset ``d``'s rows ``rows``."""
     position = {int(r): i for i, r in enumerate(rows)}
-    for part, frames in problem.datasets[d].frames.chunks(rows, problem.chunk_size(chunk)):
+    for part, frames in problem.datasets[d].frames.chunks(rows, problem.chunk_size(chunk), problem.devices):
         yield np.array([position[int(r)] for r in part], dtype=np.int64), frames
 
 

@@ -120,12 +120,17 @@ class FrameArrays(eqx.Module):
             taken["coupling_index"] = taken["coupling_index"][:, :, :n, :n]
         return FrameArrays(**taken)
 
-    def chunks(self, rows: np.ndarray, size: int) -> list[tuple[np.ndarray, FrameArrays]]:
-        """``rows`` ordered by beam count and cut into chunks of ``size`` frames: (rows, arrays) pairs,
-        so that each chunk's trimmed capacity (:meth:`take`) is as small as its frames allow."""
+    def chunks(self, rows: np.ndarray, size: int, multiple: int = 1) -> list[tuple[np.ndarray, FrameArrays]]:
+        """``rows`` ordered by beam count, largest first, and cut into the fewest chunks of at most
+        ``size`` frames, all of one size (a multiple of ``multiple``, the devices a chunk is split
+        over): (rows, arrays) pairs. Each chunk's trimmed capacity (:meth:`take`) is as small as its
+        frames allow, and the padding of the last, partly filled chunk is at the smallest one."""
         rows = np.asarray(rows, dtype=np.int64)
-        ordered = rows[np.argsort(self.beam_counts()[rows], kind="stable")]
-        return [(ordered[i:i + size], self.take(ordered[i:i + size], size)) for i in range(0, len(ordered), size)]
+        ordered = rows[np.argsort(-self.beam_counts()[rows], kind="stable")]
+        count = max(-(-len(ordered) // max(size, 1)), 1)
+        even = -(-len(ordered) // count)
+        even = max(min(-(-even // multiple) * multiple, max(size, 1)), 1)
+        return [(ordered[i:i + even], self.take(ordered[i:i + even], even)) for i in range(0, len(ordered), even)]
 
 
 class DatasetConstants(eqx.Module):

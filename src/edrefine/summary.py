@@ -20,7 +20,7 @@ def frame_table(params: RefinementParameters, problem: Problem, chunk: int) -> l
     rows = []
     for d, dataset in enumerate(problem.datasets):
         f = dataset.frames
-        for part, frames in f.chunks(np.arange(f.count), problem.chunk_size(chunk)):
+        for part, frames in f.chunks(np.arange(f.count), problem.chunk_size(chunk), problem.devices):
             e = chunk_evaluation(params, d, frames, problem.crystal, problem.context, dataset.constants, problem.mesh)
             mean, width = mean_and_width(e.nodes, e.node_weights)
             delta = np.asarray(params.datasets[d].orientation)[np.asarray(frames.index)]
