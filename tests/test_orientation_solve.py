@@ -12,7 +12,7 @@ from edrefine.cif import read_crystal
 from edrefine.errors import InputError
 from edrefine.learned_thickness import Bounds, make_thickness_model
 from edrefine.optimise import build_parameters, make_optimiser, orientation_due
-from edrefine.orientation_solve import TRUST_RADIUS, frame_chi2, orientation_normal_equations, orientation_step
+from edrefine.orientation_solve import LARGEST_RADIUS, TRUST_RADIUS, frame_chi2, orientation_normal_equations, orientation_step
 from edrefine.refine import build_problem
 from edrefine.refine_settings import RefinementSettings
 from edrefine.settings import CalculationSettings
@@ -71,10 +71,30 @@ def test_steps_bring_known_orientation_errors_back(problem_and_start):
         params, record = orientation_step(params, problem, [rows], chunk=16, sigma=0.1)
         history.append(record)
         assert record["chi2_after"] <= record["chi2_before"]
-        assert record["largest_step_deg"] <= np.rad2deg(TRUST_RADIUS) * (1 + 1e-9)
+        assert record["largest_step_deg"] <= np.rad2deg(LARGEST_RADIUS) * (1 + 1e-9)
     remaining = np.rad2deg(np.abs(np.asarray(params.datasets[0].orientation)))
     assert remaining.max() < 0.003, remaining
     assert history[-1]["chi2_after"] < 1e-3 * history[0]["chi2_before"]
+
+
+def test_a_call_goes_beyond_the_first_radius_when_the_steps_keep_lowering_chi2(problem_and_start, monkeypatch):
+    """Errors of 0.25° in Δα and Δβ: one call moves frames further than the 0.1° first radius
+    (the doubled radius was kept because χ² fell again), and ends lower than the same call
+    held to the first radius."""
+    import edrefine.orientation_solve as solve
+
+    problem, params = problem_and_start
+    rows = np.arange(problem.datasets[0].frames.count)
+    error = np.zeros((len(rows), 3))
+    error[:, :2] = np.deg2rad(0.25) * np.random.default_rng(3).choice([-1.0, 1.0], size=(len(rows), 2))
+    params = with_orientation(params, error)
+    _, record = orientation_step(params, problem, [rows], chunk=16, sigma=1.0)
+    assert np.rad2deg(TRUST_RADIUS) * 1.5 < record["largest_step_deg"] <= np.rad2deg(LARGEST_RADIUS) * (1 + 1e-9)
+    monkeypatch.setattr(solve, "LARGEST_RADIUS", TRUST_RADIUS)
+    _, held = orientation_step(params, problem, [rows], chunk=16, sigma=1.0)
+    assert held["largest_step_deg"] <= np.rad2deg(TRUST_RADIUS) * (1 + 1e-9)
+    assert held["chi2_before"] == pytest.approx(record["chi2_before"])
+    assert record["chi2_after"] < 0.7 * held["chi2_after"]
 
 
 def test_without_the_restraint_the_rotation_about_the_beam_is_barely_determined(problem_and_start):

@@ -12,8 +12,9 @@ calls, and does not dither around it as a per-parameter Adam step does.
 Each call is one trust-region Gauss–Newton iteration per frame: the step minimises the
 quadratic model of the frame's χ² (A = JᵀJ, b = Jᵀr) within a radius of :data:`TRUST_RADIUS`
 [rad] (:func:`trust_region_steps`) and is kept only where the frame's χ² falls; frames whose χ²
-rose try again with a radius four times smaller, up to :data:`TRIALS` forward passes (each over
-the frames still pending only). Frame scales stay profiled
+rose try again with a radius four times smaller, and frames whose kept step reached the radius
+try the same model's step at twice the radius (up to :data:`LARGEST_RADIUS`), kept if χ² falls
+further; up to :data:`TRIALS` forward passes, each over the frames still trying only. Frame scales stay profiled
 out inside the residuals. No state is carried between calls, so a resumed run repeats them
 exactly.
 """
@@ -32,7 +33,11 @@ from .parameters import RefinementParameters
 TRUST_RADIUS = np.deg2rad(0.1)
 """Largest orientation step of one call [rad] (0.1°, about a rocking-curve width at 200 kV)."""
 
+LARGEST_RADIUS = np.deg2rad(0.4)
+"""Largest step one call may reach by doubling the radius [rad]."""
+
 TRIALS = 4
+"""Forward passes (χ² of the frames still trying) per call at most."""
 
 
 @eqx.filter_jit
@@ -136,21 +141,25 @@ def orientation_step(params: RefinementParameters, problem: Problem, rows: list[
         chi2 = chi2 + weight * np.sum(start[dataset_rows] ** 2, axis=1)
         best = chi2.copy()
         radius = np.full(len(dataset_rows), TRUST_RADIUS)
-        pending = np.ones(len(dataset_rows), dtype=bool)
+        pending = np.ones(len(dataset_rows), dtype=bool)  # no step kept yet
+        growing = np.zeros(len(dataset_rows), dtype=bool)  # kept a step on the radius: try a longer one
         for _ in range(TRIALS):
+            trying = pending | growing
             delta = trust_region_steps(normal, gradient, radius)
             trial = current.copy()
-            trial[dataset_rows[pending]] = start[dataset_rows[pending]] + delta[pending]
+            trial[dataset_rows[trying]] = start[dataset_rows[trying]] + delta[trying]
             candidate = _with_orientation(params, d, trial)
             new = np.full(len(dataset_rows), np.inf)
-            new[pending] = (frame_chi2(candidate, problem, d, dataset_rows[pending], chunk)
-                            + weight * np.sum(trial[dataset_rows[pending]] ** 2, axis=1))
-            better = pending & np.isfinite(new) & (new < best)
+            new[trying] = (frame_chi2(candidate, problem, d, dataset_rows[trying], chunk)
+                           + weight * np.sum(trial[dataset_rows[trying]] ** 2, axis=1))
+            better = trying & np.isfinite(new) & (new < best)
             current[dataset_rows[better]] = trial[dataset_rows[better]]
             best = np.where(better, new, best)
+            on_radius = np.linalg.norm(delta, axis=1) >= (1 - 1e-6) * radius
+            growing = better & on_radius & (radius < LARGEST_RADIUS)
             pending &= ~better
-            radius = np.where(pending, radius / 4.0, radius)
-            if not pending.any():
+            radius = np.where(pending, radius / 4.0, np.where(growing, np.minimum(2 * radius, LARGEST_RADIUS), radius))
+            if not (pending | growing).any():
                 break
         params = _with_orientation(params, d, current)
         before_total += float(chi2.sum())
