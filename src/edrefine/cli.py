@@ -1,7 +1,9 @@
 """The ``edrefine`` command line: a thin shell that reads inputs, calls the library, prints.
 
 Input problems surface as :class:`~edrefine.errors.InputError` and are printed as one line on
-standard error with exit status 2; an interrupted run exits with status 130.
+standard error with exit status 2; a run interrupted by Ctrl-C (SIGINT) or stopped by SIGTERM (what
+batch schedulers send before they kill a job) writes its checkpoint and outputs and exits with
+status 130.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -321,9 +324,14 @@ def _is_number(token: str) -> bool:
 from . import cli_refine  # noqa: E402,F401  (registers refine and demo)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``edrefine`` script."""
     arguments = _expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(args=arguments, prog_name="edrefine")
     except InputError as error:
