@@ -103,6 +103,102 @@ def _time_budget(deadline: float, params, problem: Problem, su_problem: Problem,
     return TimeBudget(deadline, end_reserve(forward, parameters, su_block, su_forward), forward), forward
 
 
+def _prepared_problem(crystal: Crystal, datasets, calculation: CalculationSettings, settings: RefinementSettings,
+                      restraints, names) -> tuple[Crystal, Problem]:
+    """The starting structure (after any U reset) and the problem, its tilt chunks bounded by the
+    memory limit and its frames spread over the devices."""
+    start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
+    problem = build_problem(start, datasets, calculation, restraints, names)
+    bounded, _ = bound_memory(problem.datasets, node_count(settings.thickness_model, settings.grid_nodes),
+                              settings.memory_limit, settings.tilt_chunk)
+    return start, dataclasses.replace(problem, datasets=bounded, mesh=frame_mesh(settings.devices))
+
+
+def _starting_state(params, problem: Problem, settings: RefinementSettings, folder: Path | None, resume: bool,
+                    fingerprint: str) -> tuple[TrainingState, str]:
+    """A fresh optimiser state for ``params``, or the checkpoint in ``folder`` with ``resume``;
+    and the stage to continue from."""
+    state = training_state(params)
+    if settings.optimiser == "adam":
+        state.opt_state = first_order_optimiser(problem, params, settings).init(eqx.filter(params, eqx.is_inexact_array))
+    elif settings.optimiser == "lm":
+        state.opt_state = least_squares_start()
+    if resume and folder is not None and checkpoint.exists(folder):
+        if settings.optimiser == "lbfgs":
+            state.opt_state = None
+        return checkpoint.load(folder, state, fingerprint)
+    return state, "first-order"
+
+
+def _note_automatic_reduction(problem: Problem, calculation: CalculationSettings, state: TrainingState) -> None:
+    """An event for each dataset whose beams are reduced by the automatic ``strong_beams``."""
+    if calculation.strong_beams is not None:
+        return
+    for dataset in problem.datasets:
+        if dataset.constants.strong_beams:
+            message = (f"{dataset.name}: {dataset.frames.capacity} beams per orientation, so "
+                       f"{dataset.constants.strong_beams} strong beams and the rest by Bethe perturbation "
+                       "(automatic; strong_beams = 0 for the full matrix)")
+            if message not in state.events:
+                state.events.append(message)
+
+
+def _optimise(problem: Problem, state: TrainingState, stage: str, settings: RefinementSettings, nodes: int,
+              epoch_hook, budget: TimeBudget | None, folder: Path | None, fingerprint: str) -> tuple[TrainingState, bool]:
+    """The chosen optimiser's epochs (float32 solves if ``epoch_precision`` says so); a Ctrl-C writes
+    a checkpoint and keeps the best state, a run that keeps producing non-finite values stops at
+    the best state. Returns the state and whether it was interrupted."""
+    epoch_problem = problem.with_constants(single_precision=True) if settings.epoch_precision == "float32" else problem
+    try:
+        if stage == "first-order" and settings.optimiser == "adam":
+            state = run_first_order(epoch_problem, state, settings, epoch_hook, budget)
+        elif stage == "first-order" and settings.optimiser == "lbfgs":
+            state = run_lbfgs(epoch_problem, state, settings, epoch_hook)
+        elif stage == "first-order" and settings.optimiser == "lm":
+            layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
+            lm_problem, lm_block = tangent_plan(epoch_problem, nodes, settings.memory_limit, layout_size)
+            state = run_least_squares(lm_problem, state, settings, epoch_hook, lm_block)
+    except KeyboardInterrupt:
+        if folder is not None:
+            checkpoint.save(folder, state, "first-order", fingerprint)
+        state.events.append(f"interrupted after epoch {state.epoch}: checkpoint written (--resume continues); "
+                            "outputs are of the best state so far")
+        state.params = state.best_params if state.best_params is not None else state.params
+        return state, True
+    except FloatingPointError as error:
+        if state.best_params is None:
+            raise InputError(f"{error}; no finite state to fall back to: check the starting model and settings",
+                             source="refinement") from None
+        state.stopped = f"stopped after epoch {state.epoch}: {error}; outputs are of the best state (epoch " \
+                        f"{state.best_epoch})"
+        state.params = state.best_params
+    return state, False
+
+
+def _polish_events(state: TrainingState, info: dict, steps: int) -> None:
+    """What the polish did, as events."""
+    if info.get("time_limit"):
+        state.events.append(f"time limit: Levenberg–Marquardt polish stopped after {info['steps']} of {steps} steps")
+    if info.get("rejected"):
+        state.events.append(f"Levenberg–Marquardt polish: no step lowered χ² ({info['chi2_before']:.6g}); kept the "
+                            "refined structure")
+    elif info.get("steps"):
+        state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "
+                            f"{info['chi2_after']:.6g}")
+
+
+def _uncertainties(params, start: Crystal, problem: Problem, su_problem: Problem, su_block: int,
+                   index: StructuralIndex, table: list, settings: RefinementSettings) -> Uncertainties:
+    """s.u.s of the refined structural parameters (NaN everywhere when none is refined); GoF from
+    the refined calculation's final ``table``, the curvature from ``su_problem``."""
+    if not index.size:
+        n = len(start.labels)
+        return Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan), np.full(n, np.nan))
+    uncertainties, _, _ = crystal_uncertainties(params, su_problem, index, count_parameters(params, start, settings),
+                                                settings.chunk_frames, su_block, table_chi2(table, params, problem))
+    return uncertainties
+
+
 def refine(
     crystal: Crystal,
     datasets: Sequence[PetsData],
@@ -132,17 +228,10 @@ def refine(
             search, epochs, polish, uncertainties), for progress displays.
     """
     begin = time.perf_counter()
-
-    def stage_hook(text: str) -> None:
-        if on_stage is not None:
-            on_stage(text)
+    stage_hook = on_stage if on_stage is not None else (lambda text: None)
 
     stage_hook("beam sets and reflections")
-    start = reset_u(crystal, settings.u_reset) if settings.u_reset is not None else crystal
-    problem = build_problem(start, datasets, calculation, restraints, names)
-    nodes = node_count(settings.thickness_model, settings.grid_nodes)
-    bounded, _ = bound_memory(problem.datasets, nodes, settings.memory_limit, settings.tilt_chunk)
-    problem = dataclasses.replace(problem, datasets=bounded, mesh=frame_mesh(settings.devices))
+    start, problem = _prepared_problem(crystal, datasets, calculation, settings, restraints, names)
     stage_hook("starting thickness search")
     params = build_parameters(problem, settings, calculation.absorption)
     stage_hook("starting R")
@@ -150,25 +239,10 @@ def refine(
     start_metrics, start_table = _summary(params, problem, settings)
     forward_seconds = time.perf_counter() - forward_begin
     start_metrics["thickness_mean"] = [row["thickness_mean"] for row in start_table]
-    state = training_state(params)
-    stage = "first-order"
-    if settings.optimiser == "adam":
-        state.opt_state = first_order_optimiser(problem, params, settings).init(eqx.filter(params, eqx.is_inexact_array))
-    elif settings.optimiser == "lm":
-        state.opt_state = least_squares_start()
-    if resume and folder is not None and checkpoint.exists(folder):
-        if settings.optimiser == "lbfgs":
-            state.opt_state = None
-        state, stage = checkpoint.load(folder, state, fingerprint)
+    state, stage = _starting_state(params, problem, settings, folder, resume, fingerprint)
+    _note_automatic_reduction(problem, calculation, state)
 
-    if calculation.strong_beams is None:
-        for dataset in problem.datasets:
-            if dataset.constants.strong_beams:
-                message = (f"{dataset.name}: {dataset.frames.capacity} beams per orientation, so "
-                           f"{dataset.constants.strong_beams} strong beams and the rest by Bethe perturbation "
-                           "(automatic; strong_beams = 0 for the full matrix)")
-                if message not in state.events:
-                    state.events.append(message)
+    nodes = node_count(settings.thickness_model, settings.grid_nodes)
     index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
     tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
     cheaper = jacobian_problem(problem, settings.uncertainty_beams)
@@ -188,32 +262,8 @@ def refine(
         if on_epoch is not None:
             on_epoch(s, record)
 
-    interrupted = False
-    epoch_problem = problem.with_constants(single_precision=True) if settings.epoch_precision == "float32" else problem
     stage_hook("epochs")
-    try:
-        if stage == "first-order" and settings.optimiser == "adam":
-            state = run_first_order(epoch_problem, state, settings, epoch_hook, budget)
-        elif stage == "first-order" and settings.optimiser == "lbfgs":
-            state = run_lbfgs(epoch_problem, state, settings, epoch_hook)
-        elif stage == "first-order" and settings.optimiser == "lm":
-            layout_size = Layout.of(state.params, problem.crystal, settings.refine).size(state.params)
-            lm_problem, lm_block = tangent_plan(epoch_problem, nodes, settings.memory_limit, layout_size)
-            state = run_least_squares(lm_problem, state, settings, epoch_hook, lm_block)
-    except KeyboardInterrupt:
-        interrupted = True
-        if folder is not None:
-            checkpoint.save(folder, state, "first-order", fingerprint)
-        state.events.append(f"interrupted after epoch {state.epoch}: checkpoint written (--resume continues); "
-                            "outputs are of the best state so far")
-        state.params = state.best_params if state.best_params is not None else state.params
-    except FloatingPointError as error:
-        if state.best_params is None:
-            raise InputError(f"{error}; no finite state to fall back to: check the starting model and settings",
-                             source="refinement") from None
-        state.stopped = f"stopped after epoch {state.epoch}: {error}; outputs are of the best state (epoch " \
-                        f"{state.best_epoch})"
-        state.params = state.best_params
+    state, interrupted = _optimise(problem, state, stage, settings, nodes, epoch_hook, budget, folder, fingerprint)
     if state.stopped:
         state.events.append(state.stopped)
     if folder is not None and not interrupted:
@@ -223,27 +273,14 @@ def refine(
         stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
     params, info = polish(tangent_problem, state.params, settings, steps, block,
                           None if budget is None else budget.deadline - budget.reserve, forward_seconds)
-    if info.get("time_limit"):
-        state.events.append(f"time limit: Levenberg–Marquardt polish stopped after {info['steps']} of {steps} steps")
-    if info.get("rejected"):
-        state.events.append(f"Levenberg–Marquardt polish: no step lowered χ² ({info['chi2_before']:.6g}); kept the "
-                            "refined structure")
-    elif info.get("steps"):
-        state.events.append(f"Levenberg–Marquardt polish: {info['steps']} steps, χ² {info['chi2_before']:.6g} → "
-                            f"{info['chi2_after']:.6g}")
+    _polish_events(state, info, steps)
     stage_hook("final R")
     metrics, table = _summary(params, problem, settings)
     metrics["start"] = start_metrics
-    refined = start.with_params(params.sites)
     if index.size:
         stage_hook("standard uncertainties")
-        uncertainties, _, _ = crystal_uncertainties(params, su_problem, index,
-                                                    count_parameters(params, start, settings), settings.chunk_frames,
-                                                    su_block, table_chi2(table, params, problem))
-    else:
-        n = len(start.labels)
-        uncertainties = Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan),
-                                      np.full(n, np.nan))
-    return RefinementResult(refined, start, params, uncertainties, metrics, table, state.history, state.events,
+    uncertainties = _uncertainties(params, start, problem, su_problem, su_block, index, table, settings)
+    return RefinementResult(start.with_params(params.sites), start, params, uncertainties, metrics, table,
+                            state.history, state.events,
                             {"calculation": dataclasses.asdict(calculation), "refinement": settings.as_dict()},
                             time.perf_counter() - begin, tuple(d.name for d in problem.datasets), interrupted)
