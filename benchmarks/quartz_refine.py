@@ -44,23 +44,28 @@ def grid_span_flag(text: str) -> float | str:
 
 
 def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **values):
-    """RefinementSettings: defaults < ``values`` < the ``--orientation-*`` and
-    ``--learning-rate`` flags given; a bad flag is a one-line usage error."""
+    """RefinementSettings: defaults < ``values`` < the recipe flags given (``--orientation-*``,
+    ``--omega-step``, ``--grid-nodes``, ``--batch-frames``, ``--seed``, ``--nn-frequencies``, ``--nn-width``, ``--learning-rate``); a bad flag is a
+    one-line usage error."""
     from edrefine import InputError
     from edrefine.refine_settings import learning_rate_pairs, refinement_settings
 
     try:
         flags = dict(orientation_delay=args.orientation_delay, orientation_solver=args.orientation_solver,
                      orientation_every=args.orientation_every, orientation_sigma=args.orientation_sigma,
-                     omega_step=args.omega_step, learning_rates=learning_rate_pairs(args.learning_rate) or None)
+                     omega_step=args.omega_step, grid_nodes=args.grid_nodes, batch_frames=args.batch_frames,
+                     seed=args.seed, nn_frequencies=args.nn_frequencies, nn_width=args.nn_width,
+                     learning_rates=learning_rate_pairs(args.learning_rate) or None)
         return refinement_settings({k: v for k, v in values.items() if v is not None}, flags, source="flags")
     except InputError as error:
         parser.error(f"{error.source}: {error.message}")
 
 
-def add_orientation_flags(parser: argparse.ArgumentParser) -> None:
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     for flag, kind in (("--orientation-delay", float), ("--orientation-solver", str), ("--orientation-every", int),
-                       ("--orientation-sigma", float), ("--omega-step", float)):
+                       ("--orientation-sigma", float), ("--omega-step", float), ("--grid-nodes", int),
+                       ("--batch-frames", int), ("--seed", int), ("--nn-frequencies", int),
+                       ("--nn-width", int)):
         parser.add_argument(flag, type=kind, default=None, help="default: the refinement default")
 
 
@@ -71,12 +76,11 @@ def main() -> None:
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
     parser.add_argument("--thickness-start", default=None, help="default: the refinement default")
     parser.add_argument("--polish-steps", type=int, default=None, help="default: the refinement default")
-    parser.add_argument("--batch-frames", type=int, default=None, help="frames per mini-batch (default: the refinement default)")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="minutes (0: no limit; default: the refinement default)")
     parser.add_argument("--grid-span", type=grid_span_flag, default=None,
                         help="neural-grid span (a number > 1, or 'none': the whole bounds; default: the refinement default)")
-    add_orientation_flags(parser)
+    add_recipe_flags(parser)
     parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
                         help="Adam step of one group, repeatable (default: the refinement defaults)")
     parser.add_argument("--absorption", type=float, default=None,
@@ -106,7 +110,7 @@ def main() -> None:
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
                              thickness_model=args.thickness_model, thickness_start=args.thickness_start,
-                             polish_steps=args.polish_steps, batch_frames=args.batch_frames,
+                             polish_steps=args.polish_steps,
                              time_limit=args.time_limit,
                              grid_span=None if args.grid_span == "none" else args.grid_span)
     if args.grid_span == "none":  # None among the values means "the default", so set it afterwards
@@ -129,7 +133,9 @@ def main() -> None:
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
-               "grid_span": settings.grid_span, "batch_frames": settings.batch_frames,
+               "grid_span": settings.grid_span, "grid_nodes": settings.grid_nodes, "seed": settings.seed, "nn_frequencies": settings.nn_frequencies,
+               "nn_width": settings.nn_width,
+               "batch_frames": settings.batch_frames,
                "time_limit": settings.time_limit, "epochs_run": len(result.history),
                "polish_steps": settings.polish_steps, "orientation_delay": settings.orientation_delay,
                "orientation_solver": settings.orientation_solver, "orientation_every": settings.orientation_every,

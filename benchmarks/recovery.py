@@ -28,7 +28,7 @@ import pathlib
 import time
 
 import numpy as np
-from quartz_refine import add_orientation_flags, settings_from
+from quartz_refine import add_recipe_flags, settings_from
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "data"
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--malik", choices=["quartz", "cspbbr3"], default=None)
     parser.add_argument("--learning-rate", action="append", default=[], metavar="GROUP=RATE",
                         help="Adam step of one group, repeatable (default: the refinement defaults)")
-    add_orientation_flags(parser)
+    add_recipe_flags(parser)
     parser.add_argument("--out", type=pathlib.Path, default=None, help="folder for recovery.json and the figure")
     args = parser.parse_args()
     if args.quick:

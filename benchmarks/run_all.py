@@ -1,7 +1,7 @@
 """Run the evidence suite: every benchmark script, one after another, results as JSON.
 
     python benchmarks/run_all.py --quick [--out DIR]    # about 15 minutes on 2 cores
-    python benchmarks/run_all.py [--out DIR]            # the full suite (many hours)
+    python benchmarks/run_all.py [--out DIR] [--resume]   # the full suite (many hours; --resume skips steps done)
 
 Each step runs as its own process (one at a time: the machine's cores belong to it), its output
 goes to ``DIR/<step>.log`` and its JSON and figures into ``DIR/<step>/``; ``DIR/run_all.json``
@@ -37,26 +37,36 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
             ("quartz_epoch", script("quartz_epoch.py", "--tilts", "14", "--repeats", "1", "--json",
                                     str(out / "quartz_epoch.json"))),
         ]
-    common = ["--tilts", "42"]
-    return [
+    def quartz(name: str, *extra: str) -> tuple[str, list[str]]:
+        return f"quartz_refine_{name}", script("quartz_refine.py", "--tilts", "42", *extra,
+                                               "--out", str(out / f"quartz_refine_{name}"))
+
+    def cspbbr3(name: str, *extra: str) -> tuple[str, list[str]]:
+        return f"cspbbr3_refine_{name}", script("cspbbr3.py", "--report-every", "10", *extra,
+                                                "--out", str(out / f"cspbbr3_refine_{name}"))
+
+    models = ("neural_grid", "neural", "perframe", "plate", "constant")
+    refinements = {name: [] for name in models}
+    for name in models:
+        model = ["--thickness-model", name.replace("_", "-")]
+        for suffix, extra in (("", []), ("_absorption", ["--absorption", "0.05"])):
+            refinements[name] += [quartz(name + suffix, *model, *extra), cspbbr3(name + suffix, *model, *extra)]
+    return [  # the default recipe's evidence first, so that a partial run has it
         ("quartz_epoch", script("quartz_epoch.py", "--json", str(out / "quartz_epoch.json"))),
-        ("quartz_refine_elastic", script("quartz_refine.py", *common, "--out", str(out / "quartz_refine_elastic"))),
-        ("quartz_refine_absorption", script("quartz_refine.py", *common, "--absorption", "0.05",
-                                            "--out", str(out / "quartz_refine_absorption"))),
-        ("quartz_refine_kinematic", script("quartz_refine.py", *common, "--kinematic",
-                                           "--out", str(out / "quartz_refine_kinematic"))),
-        ("quartz_refine_inverted", script("quartz_refine.py", *common, "--invert",
-                                          "--out", str(out / "quartz_refine_inverted"))),
-        ("quartz_refine_perframe", script("quartz_refine.py", *common, "--thickness-model", "perframe",
-                                          "--out", str(out / "quartz_refine_perframe"))),
-        ("quartz_refine_neural", script("quartz_refine.py", *common, "--thickness-model", "neural",
-                                        "--out", str(out / "quartz_refine_neural"))),
-        ("scaling", script("scaling.py", "--out", str(out / "scaling"))),
+        *refinements["neural_grid"],
+        quartz("kinematic", "--kinematic"),
+        quartz("inverted", "--invert"),
         ("recovery_quartz", script("recovery.py", "--structure", "quartz", "--out", str(out / "recovery_quartz"))),
-        ("recovery_cspbbr3", script("recovery.py", "--structure", "cspbbr3", "--perturbations", "0.16",
+        ("recovery_cspbbr3", script("recovery.py", "--structure", "cspbbr3", "--gmax", "1.2",
                                     "--out", str(out / "recovery_cspbbr3"))),
-        ("malik_quartz", script("recovery.py", "--malik", "quartz", "--out", str(out / "malik_quartz"))),
-        ("malik_cspbbr3", script("recovery.py", "--malik", "cspbbr3", "--out", str(out / "malik_cspbbr3"))),
+        ("recovery_cspbbr3_g16", script("recovery.py", "--structure", "cspbbr3", "--gmax", "1.6", "--truths",
+                                        "plate,wedge,bimodal", "--models", "perframe,neural-grid", "--perturbations",
+                                        "0.16", "--out", str(out / "recovery_cspbbr3_g16"))),
+        ("malik_quartz", script("recovery.py", "--malik", "quartz", "--tilts", "21", "--out", str(out / "malik_quartz"))),
+        ("malik_cspbbr3", script("recovery.py", "--malik", "cspbbr3", "--tilts", "21",
+                                 "--out", str(out / "malik_cspbbr3"))),
+        *(step for name in models[1:] for step in refinements[name]),
+        ("scaling", script("scaling.py", "--out", str(out / "scaling"))),
         ("epoch", script("epoch.py", "--json", str(out / "epoch.json"))),
         ("tilts", script("tilts.py")),
     ]
@@ -68,11 +78,16 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--only", nargs="+", default=None, help="names of the steps to run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per step (default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the steps that DIR/run_all.json records as done (exit status 0) and run the rest")
     args = parser.parse_args()
     out = args.out or HERE / "results" / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
-    plan = [s for s in steps(args.quick, out) if args.only is None or s[0] in args.only]
     record = {"mode": "quick" if args.quick else "full", "python": sys.version.split()[0], "steps": []}
+    if args.resume and (out / "run_all.json").exists():
+        record["steps"] = [s for s in json.loads((out / "run_all.json").read_text())["steps"] if s["status"] == 0]
+    done = {s["name"] for s in record["steps"]}
+    plan = [s for s in steps(args.quick, out) if (args.only is None or s[0] in args.only) and s[0] not in done]
     begin = time.perf_counter()
     for name, arguments in plan:
         command = [sys.executable, *arguments]
@@ -92,7 +107,8 @@ def main() -> None:
         print(f"          {'ok' if status == 0 else f'FAILED ({status})'} in {seconds:.0f} s", flush=True)
         (out / "run_all.json").write_text(json.dumps(record, indent=1))
     failed = [s["name"] for s in record["steps"] if s["status"] != 0]
-    print(f"done in {time.perf_counter() - begin:.0f} s; {len(plan) - len(failed)} of {len(plan)} steps ok"
+    print(f"done in {time.perf_counter() - begin:.0f} s; {len(record['steps']) - len(failed)} of "
+          f"{len(record['steps'])} steps ok ({len(done)} kept from an earlier run)"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"; results in {out}")
     sys.exit(1 if failed else 0)
 

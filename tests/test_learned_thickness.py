@@ -82,10 +82,11 @@ def test_pretraining_reduces_the_misfit():
     assert after < 0.1 * before
 
 
-@pytest.mark.parametrize("kind", ["constant", "perframe", "plate", "neural", "neural-grid"])
-def test_model_derivatives_match_finite_differences(kind):
+@pytest.mark.parametrize(("kind", "frequencies"), [("constant", 1), ("perframe", 1), ("plate", 1), ("neural", 1),
+                                                  ("neural-grid", 1), ("neural-grid", 3)])
+def test_model_derivatives_match_finite_differences(kind, frequencies):
     model = make_thickness_model(kind, ALPHA, 300.0 + 5.0 * np.abs(ALPHA), BOUNDS, key=jax.random.key(3),
-                                 width=6, depth=1, grid_nodes=8)
+                                 width=6, depth=1, grid_nodes=8, frequencies=frequencies)
     if kind == "plate":
         model = eqx.tree_at(lambda m: m.normal, model, jnp.array([0.2, 0.4]))
     arrays, static = eqx.partition(model, eqx.is_inexact_array)
@@ -96,3 +97,23 @@ def test_model_derivatives_match_finite_differences(kind):
         return jnp.sum(probe[:, None] * weights * jnp.sin(nodes / 200.0))
 
     check_grads(summary, (arrays,), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_fourier_features_are_the_input_and_pretraining_fits_alternating_frames():
+    """The network's inputs are x and sin, cos(kπx/2) for k = 1 … frequencies; with eight of them
+    the pretrained grid model gives runs of frames alternating every 10° their own thickness."""
+    alpha = np.linspace(-40.0, 40.0, 33)
+    target = np.where((np.floor((alpha + 40.0) / 10.0) % 2) == 0, 300.0, 700.0)
+    features = FrameFeatures(jnp.arange(alpha.size), jnp.asarray(alpha), jnp.array([1.0, 0.0, 0.0]))
+    for frequencies in (1, 8):
+        model = make_thickness_model("neural-grid", alpha, target, BOUNDS, key=jax.random.key(0),
+                                     frequencies=frequencies)
+        x = alpha / 40.0
+        k = np.arange(1, frequencies + 1)
+        expected = np.concatenate([x[:, None], np.sin(0.5 * np.pi * x[:, None] * k),
+                                   np.cos(0.5 * np.pi * x[:, None] * k)], axis=1)
+        np.testing.assert_allclose(model._inputs(jnp.asarray(alpha)), expected, atol=1e-12)
+        assert model.mlp.in_size == 1 + 2 * frequencies
+    np.testing.assert_allclose(mean_and_width(*model(features))[0], target, rtol=0.02)
+    with pytest.raises(InputError, match="nn_frequencies"):
+        make_thickness_model("neural", alpha, target, BOUNDS, key=jax.random.key(0), frequencies=0)

@@ -118,8 +118,11 @@ class PlateThickness(eqx.Module):
 class NeuralThickness(eqx.Module):
     """An MLP of the normalised goniometer angle giving each frame's thickness distribution.
 
-    Input x = (α − α_centre) / α_half_range ∈ [−1, 1] (and sin, cos of πx/2 as two more
-    features). ``form="gaussian"``: two outputs, mean μ = t_min + (t_max − t_min) σ(o₀) and
+    Input x = (α − α_centre) / α_half_range ∈ [−1, 1] and the Fourier features sin, cos of
+    kπx/2 for k = 1 … ``frequencies`` (1 + 2·frequencies inputs). With one pair, the refined
+    network on real quartz gave runs of ten and more frames one identical distribution (its tanh
+    units saturated there, so no gradient separated those frames); more frequencies let it follow
+    changes over a few frames (docs/benchmarks.md). ``form="gaussian"``: two outputs, mean μ = t_min + (t_max − t_min) σ(o₀) and
     width s = width_max σ(o₁), nodes μ + √2 s x_k, weights w_k/√π (5-point Gauss–Hermite;
     nodes clipped to the bounds). ``form="grid"``: one output per node of ``grid`` [Å],
     weights softmax(o). Thicknesses [Å].
@@ -132,10 +135,12 @@ class NeuralThickness(eqx.Module):
     form: str = eqx.field(static=True)
     width_max: float = eqx.field(static=True)
     grid: tuple[float, ...] = eqx.field(static=True)
+    frequencies: int = eqx.field(static=True, default=1)
 
-    def _inputs(self, alpha: Float[Array, " frame"]) -> Float[Array, "frame 3"]:
+    def _inputs(self, alpha: Float[Array, " frame"]) -> Float[Array, "frame feature"]:
         x = (alpha - self.alpha_centre) / self.alpha_half_range
-        return jnp.stack([x, jnp.sin(0.5 * jnp.pi * x), jnp.cos(0.5 * jnp.pi * x)], axis=1)
+        phase = 0.5 * jnp.pi * x[:, None] * jnp.arange(1, self.frequencies + 1, dtype=x.dtype)[None, :]
+        return jnp.concatenate([x[:, None], jnp.sin(phase), jnp.cos(phase)], axis=1)
 
     def __call__(self, features: FrameFeatures):
         outputs = jax.vmap(self.mlp)(self._inputs(features.alpha))
@@ -172,6 +177,7 @@ def make_thickness_model(
     grid_nodes: int = 24,
     grid_span: float | None = 2.5,
     width_max: float | None = None,
+    frequencies: int = 1,
 ) -> ThicknessModel:
     """A thickness model of ``kind`` (one of :data:`MODEL_KINDS`) starting near ``initial`` [Å].
 
@@ -180,6 +186,7 @@ def make_thickness_model(
     models are pretrained to it with :func:`fit_thickness_model`. The neural-grid model's
     ``grid_nodes`` thicknesses are evenly spaced over [min(initial) / grid_span,
     max(initial) · grid_span] within the bounds (``grid_span`` None: over the whole bounds).
+    ``frequencies``: Fourier features of the neural models' input (:class:`NeuralThickness`).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     initial = np.clip(np.asarray(initial, dtype=np.float64), bounds.t_min, bounds.t_max)
@@ -198,12 +205,15 @@ def make_thickness_model(
     low, high = ((bounds.t_min, bounds.t_max) if grid_span is None else
                  (max(bounds.t_min, float(initial.min()) / grid_span), min(bounds.t_max, float(initial.max()) * grid_span)))
     grid = tuple(float(t) for t in np.linspace(low, high, grid_nodes)) if grid_form else ()
-    mlp = eqx.nn.MLP(3, grid_nodes if grid_form else 2, width, depth, activation=jax.nn.tanh, key=key)
+    if not (isinstance(frequencies, int) and frequencies >= 1):
+        raise InputError(f"must be a positive integer, got {frequencies!r}", source="nn_frequencies")
+    mlp = eqx.nn.MLP(1 + 2 * frequencies, grid_nodes if grid_form else 2, width, depth, activation=jax.nn.tanh,
+                     key=key)
     half_range = max(0.5 * float(alpha.max() - alpha.min()), 1.0)
     model = NeuralThickness(mlp, bounds, float(0.5 * (alpha.max() + alpha.min())), half_range,
                             "grid" if grid_form else "gaussian",
                             float(width_max if width_max is not None else 0.25 * (bounds.t_max - bounds.t_min)),
-                            grid)
+                            grid, frequencies)
     return fit_thickness_model(model, alpha, initial)
 
 

@@ -164,6 +164,7 @@ def build_parameters(problem: Problem, settings: RefinementSettings, absorption:
     keys = jax.random.split(jax.random.key(settings.seed), len(counts))
     models = [make_thickness_model(settings.thickness_model, np.asarray(d.data.frames.alpha, dtype=np.float64), t,
                                    bounds, key=k, width=settings.nn_width, depth=settings.nn_depth,
+                                   frequencies=settings.nn_frequencies,
                                    grid_nodes=settings.grid_nodes, grid_span=settings.grid_span)
               for d, t, k in zip(problem.datasets, search, keys)]
     return initial_parameters(problem.crystal, models, counts, absorption)

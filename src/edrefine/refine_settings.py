@@ -84,6 +84,8 @@ class RefinementSettings:
         u_min: lower bound of U eigenvalues [Å²]; u_reset: start every site isotropic at this
             U_iso [Å²] (None: keep the starting model's ADPs).
         nn_width, nn_depth, grid_nodes: neural thickness model size; grid nodes for neural-grid.
+        nn_frequencies: Fourier features sin, cos(kπx/2), k = 1 … n, of the neural models' input x
+            (the normalised goniometer angle).
         grid_span: the neural-grid nodes span [min start / grid_span, max start × grid_span] of the
             starting thicknesses, within the bounds (None: the whole bounds).
         checkpoint_every: epochs between checkpoints.
@@ -129,6 +131,7 @@ class RefinementSettings:
     u_min: float = 1e-4
     u_reset: float | None = None
     nn_width: int = 32
+    nn_frequencies: int = 1
     nn_depth: int = 2
     grid_nodes: int = 24
     grid_span: float | None = 2.5
@@ -152,7 +155,7 @@ class RefinementSettings:
             raise InputError(f"must be float64 or float32, got {self.epoch_precision!r}", source="epoch_precision")
         if self.schedule not in ("cosine", "exponential", "constant"):
             raise InputError(f"must be cosine, exponential or constant, got {self.schedule!r}", source="schedule")
-        for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "grid_nodes",
+        for name in ("epochs", "chunk_frames", "devices", "checkpoint_every", "report_every", "nn_width", "nn_depth", "nn_frequencies", "grid_nodes",
                      "orientation_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
