@@ -46,7 +46,9 @@ def test_r_values_and_summary():
     assert summary["R_obs"] == pytest.approx(expected)
     assert summary["n_obs"] == 5 and summary["n_all"] == 6
     gof = np.sqrt((np.sum((0.1 * fo) ** 2) + np.sum((0.3 * fo[:2]) ** 2)) / (6 - 2))
-    assert summary["GoF"] == pytest.approx(gof)
+    assert summary["GoF"] == pytest.approx(gof) and summary["n_parameters"] == 2
+    assert np.isnan(merit.summarise([off, other], n_parameters=6)["GoF"])
+    assert np.isnan(merit.summarise([off, other], n_parameters=7)["GoF"])
 
 
 def test_swept_range_uses_the_component_perpendicular_to_the_axis():

@@ -10,6 +10,7 @@ import pytest
 from edrefine.cif import read_crystal
 from edrefine.crystal import coordinate_rmsd, perturb
 from edrefine.errors import InputError
+from edrefine.loss import StructuralIndex
 from edrefine.refine import refine
 from edrefine.refine_settings import RefinementSettings, refinement_settings
 from edrefine.settings import CalculationSettings
@@ -191,6 +192,9 @@ def test_two_datasets_refine_together_each_with_its_own_frames(truth, data):
     single = sum(1 for f in result.frames if f["dataset"] == "a")
     assert single == len(result.frames) // 2
     assert result.metrics["wR_all"] < result.metrics["start"]["wR_all"]
+    structural = StructuralIndex.of(start, ("positions", "adp")).size
+    per_frame = 3 + 1 + 1  # orientation correction, thickness, scale
+    assert result.metrics["n_parameters"] == structural + per_frame * len(result.frames)
 
 
 def test_a_run_that_keeps_failing_stops_at_its_best_state_and_says_why(truth, data):
@@ -247,3 +251,14 @@ def test_a_time_limited_run_plans_fewer_epochs_and_still_writes_a_complete_resul
     with pytest.raises(InputError, match="time_limit"):
         RefinementSettings(time_limit=-1.0)
     assert not RefinementSettings(time_limit=0.0).time_limit  # 0: no limit
+
+
+def test_gof_and_sus_are_undefined_when_the_parameters_outnumber_the_reflections(truth, data):
+    start = perturb(truth, jax.random.key(5), 0.02)
+    settings = RefinementSettings(thickness_model="neural-grid", nn_width=48, epochs=1, polish_steps=0,
+                                  report_every=100)
+    result = refine(start, [data], CALC, settings)
+    assert result.metrics["n_parameters"] >= result.metrics["n_all"]
+    assert np.isnan(result.metrics["GoF"])
+    assert np.all(np.isnan(np.asarray(result.uncertainties.positions)))
+    assert any("GoF and the s.u.s are undefined" in event for event in result.events)

@@ -172,12 +172,12 @@ def make_thickness_model(
     bounds: Bounds,
     *,
     key: PRNGKeyArray,
-    width: int = 32,
+    width: int = 16,
     depth: int = 2,
     grid_nodes: int = 24,
     grid_span: float | None = 2.5,
     width_max: float | None = None,
-    frequencies: int = 1,
+    frequencies: int = 8,
 ) -> ThicknessModel:
     """A thickness model of ``kind`` (one of :data:`MODEL_KINDS`) starting near ``initial`` [Å].
 

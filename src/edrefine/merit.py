@@ -73,15 +73,16 @@ def summarise(frames: list[dict], n_parameters: int) -> dict:
     total = {key: sum(f["sums"][key] for f in frames) for key in ("abs_obs", "fo_obs", "wres", "wfo2")}
     n_obs = sum(f["n_obs"] for f in frames)
     n_all = sum(f["n_all"] for f in frames)
-    dof = max(n_all - n_parameters, 1)
+    dof = n_all - n_parameters
     r_frames = [f["R_obs"] for f in frames if np.isfinite(f["R_obs"])]
     wr_frames = [f["wR"] for f in frames if np.isfinite(f["wR"])]
     return {
         "R_obs": total["abs_obs"] / total["fo_obs"],
         "wR_all": float(np.sqrt(total["wres"] / total["wfo2"])),
-        "GoF": float(np.sqrt(total["wres"] / dof)),
+        "GoF": float(np.sqrt(total["wres"] / dof)) if dof > 0 else float("nan"),
         "R_obs_frame_mean": float(np.mean(r_frames)),
         "wR_frame_mean": float(np.mean(wr_frames)),
         "n_obs": n_obs,
         "n_all": n_all,
+        "n_parameters": int(n_parameters),
     }

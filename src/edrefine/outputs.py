@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -75,13 +76,18 @@ def frames_csv(result: RefinementResult) -> str:
 
 def metrics_payload(result: RefinementResult, provenance: dict) -> dict:
     """The ``metrics.json`` content."""
-    keys = ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all")
-    payload = {k: result.metrics[k] for k in keys}
+    keys = ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "n_parameters")
+    payload = {k: _finite_or_none(result.metrics[k]) for k in keys if k in result.metrics}
     payload.update(seconds=result.seconds, start=result.metrics["start"], history=result.history,
                    events=result.events, settings=result.settings, **provenance)
     payload["frames"] = [{k: v for k, v in f.items() if k not in ("rows", "fo", "fc", "weight", "observed")}
                          for f in result.frames]
     return payload
+
+
+def _finite_or_none(value):
+    """``value``, or None (JSON null) for a NaN or infinite float such as an undefined GoF."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def provenance_items(result: RefinementResult, provenance: dict) -> dict[str, str]:

@@ -277,6 +277,10 @@ def refine(
     stage_hook("final R")
     metrics, table = _summary(params, problem, settings)
     metrics["start"] = start_metrics
+    if metrics["n_parameters"] >= metrics["n_all"]:
+        state.events.append(f"{metrics['n_parameters']} refined parameters (every weight of the thickness network "
+                            f"counts) for {metrics['n_all']} reflections: GoF and the s.u.s are undefined (NaN); "
+                            "a smaller network (nn_width) or fewer grid nodes makes them defined")
     if index.size:
         stage_hook("standard uncertainties")
     uncertainties = _uncertainties(params, start, problem, su_problem, su_block, index, table, settings)

@@ -130,8 +130,8 @@ class RefinementSettings:
     seed: int = 0
     u_min: float = 1e-4
     u_reset: float | None = None
-    nn_width: int = 32
-    nn_frequencies: int = 1
+    nn_width: int = 16
+    nn_frequencies: int = 8
     nn_depth: int = 2
     grid_nodes: int = 24
     grid_span: float | None = 2.5

@@ -56,4 +56,5 @@ def count_parameters(params: RefinementParameters, crystal: Crystal, settings: R
                            jax.tree_util.tree_leaves(labels)):
         if label in settings.refine and label in ("absorption", "orientation", "thickness"):
             others += int(np.size(leaf))
-    return structural.size + others
+    scales = sum(int(np.shape(d.orientation)[0]) for d in params.datasets)
+    return structural.size + others + scales

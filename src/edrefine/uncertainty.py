@@ -18,6 +18,8 @@ docs/refinement.md ("Standard uncertainties").
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -80,7 +82,7 @@ def structural_covariance(params: RefinementParameters, problem: Problem, index:
     chi2 = own_chi2 if chi2 is None else chi2
     n = observation_count(problem)
     p = index.size if n_parameters is None else n_parameters
-    gof2 = float(chi2 / max(n - p, 1))
+    gof2 = float(chi2 / (n - p)) if n > p else math.nan
     covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True) * gof2
     return covariance, float(np.sqrt(gof2))
 
