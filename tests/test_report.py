@@ -10,6 +10,7 @@ import numpy as np
 from edrefine import merit
 from edrefine.cif import Uncertainties, read_crystal
 from edrefine.crystal import perturb
+from edrefine.outputs import metrics_payload
 from edrefine.refine import RefinementResult
 from edrefine.report import write_figures, write_html
 
@@ -103,6 +104,14 @@ def test_report_one_dataset_with_truth(tmp_path):
     assert "&lt;test&gt;" in text and "<test>" not in text
     assert "(3)</td>" in text and "(12)</td>" in text  # s.u.s of x and U_iso
     assert "refinement.optimiser" in text and "adam" in text
+
+
+def test_an_undefined_gof_is_reported_as_undefined_and_null(tmp_path):
+    result = _result()
+    result.metrics.update(GoF=float("nan"), n_parameters=500)
+    text = write_html(tmp_path, result, []).read_text(encoding="utf-8")
+    assert "undefined" in text and ">nan<" not in text
+    assert metrics_payload(result, {})["GoF"] is None
 
 
 def test_report_empty_history(tmp_path):

@@ -253,7 +253,8 @@ def _print_result(result, out: Path, extra: list[tuple[str, str]] = ()) -> None:
     for key, label in (("R_obs_frame_mean", "R_obs, mean of frames"), ("wR_frame_mean", "wR, mean of frames"),
                        ("R_obs", "R(obs), Jana form"), ("wR_all", "wR(all), Jana form")):
         table.add_row(label, f"{100 * start[key]:.2f} %", f"{100 * result.metrics[key]:.2f} %")
-    table.add_row("GoF", f"{start['GoF']:.3f}", f"{result.metrics['GoF']:.3f}")
+    table.add_row("GoF", *(f"{g:.3f}" if math.isfinite(g) else "undefined" for g in (start["GoF"], result.metrics["GoF"])))
+    table.add_row("refined parameters", "", str(result.metrics.get("n_parameters", "")))
     for label, before, after in extra:
         table.add_row(label, before, after)
     table.add_row("reflections observed / all", "", f"{result.metrics['n_obs']} / {result.metrics['n_all']}")

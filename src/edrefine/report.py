@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import pathlib
 from typing import TYPE_CHECKING, Any
@@ -212,12 +213,14 @@ def _summary(result: RefinementResult, truth: dict | None) -> str:
     m, s = result.metrics, result.metrics.get("start", {})
 
     def pair(key: str, percent: bool) -> list[str]:
-        return ["–" if key not in d else f"{100 * d[key]:.2f} %" if percent else _text(d[key]) for d in (s, m)]
+        return ["–" if key not in d else f"{100 * d[key]:.2f} %" if percent else
+                "undefined" if isinstance(d[key], float) and not math.isfinite(d[key]) else _text(d[key]) for d in (s, m)]
 
     rows = [[label, *pair(key, percent)] for label, key, percent in (
         ("R(obs)", "R_obs", True), ("wR(all)", "wR_all", True), ("GoF", "GoF", False),
         ("R(obs), frame mean", "R_obs_frame_mean", True), ("wR, frame mean", "wR_frame_mean", True),
-        ("reflections observed (I > 3σ)", "n_obs", False), ("reflections, all", "n_all", False))]
+        ("reflections observed (I > 3σ)", "n_obs", False), ("reflections, all", "n_all", False),
+        ("refined parameters (every network weight counts)", "n_parameters", False))]
     names = [str(n) for n in getattr(result, "datasets", ())] or list(_datasets(result.frames))
     rows += [["wall time [s]", "", f"{result.seconds:.1f}"], ["datasets", "", ", ".join(names)],
              ["frames", "", len(result.frames)], ["optimiser epochs", "", len(result.history)]]
