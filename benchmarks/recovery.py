@@ -154,7 +154,7 @@ def malik(name: str, args) -> dict:
     from edrefine.crystal import build_crystal, coordinate_rmsd
 
     folder = SHARED / "malik2026_synthetic" / name
-    data = read_pets(next(folder.glob("*_paper_data.cif_pets")))
+    data = read_pets(next(folder.glob("*_paper_data.cif_pets")), zero_sigma="drop")
     start = read_crystal(folder / f"{name}_02_displacement.cif")
     sites = data.truth_sites
     truth = build_crystal(start.cell, start.symops, sites.label, sites.type_symbol or start.elements, sites.xyz,
