@@ -2,8 +2,10 @@
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,8 +77,6 @@ def test_outputs_refusal_to_overwrite_ctrl_c_kill_and_resume(dataset, tmp_path):
     checkpoint (exit 130, checkpoint and report written), resumed and killed with SIGKILL after a
     later checkpoint, and resumed again: it ends bit-identical to the uninterrupted run."""
     import random
-    import signal
-    import time
 
     common = ["refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset), "--gmax", "1.2",
               "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "200", "--polish-steps", "2",
@@ -109,16 +109,9 @@ def test_outputs_refusal_to_overwrite_ctrl_c_kill_and_resume(dataset, tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
     out = tmp_path / "stopped"
-    process = start_with_default_sigint(*common, "--out", str(out))
-    deadline = time.time() + 600
-    while not (out / "checkpoint.json").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
-    assert (out / "report.html").is_file() and (out / "refined.cif").is_file()
+    stop_at_the_first_checkpoint(signal.SIGINT, *common, "--out", str(out))
     stopped_at = _checkpoint_epoch(out)
+    deadline = time.time() + 600
 
     process = subprocess.Popen([sys.executable, "-m", "edrefine", *common, "--out", str(out), "--resume"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -144,25 +137,29 @@ def start_with_default_sigint(*args) -> subprocess.Popen:
                             text=True)
 
 
-def test_sigterm_stops_a_run_like_ctrl_c(dataset, tmp_path):
-    """SIGTERM (a batch scheduler's warning before it kills a job) writes the checkpoint and the
-    outputs of the best state and exits with 130, as Ctrl-C does."""
-    import signal
-    import time
-
-    out = tmp_path / "terminated"
-    process = start_with_default_sigint("refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data", str(dataset),
-                                        "--gmax", "1.2", "--tilts", "3", "--tilt-rule", "gauss", "--epochs", "500",
-                                        "--patience", "0", "--polish-steps", "0", "--thickness-model", "perframe",
-                                        "--out", str(out))
+def stop_at_the_first_checkpoint(signum: int, *args) -> None:
+    """Start ``edrefine *args`` (whose last argument is the output folder), send ``signum`` once
+    its first checkpoint exists, and check that it stops with 130, no traceback and its outputs."""
+    out = pathlib.Path(args[-1])
+    process = start_with_default_sigint(*args)
     deadline = time.time() + 600
     while not (out / "checkpoint.json").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert (out / "refined.cif").is_file() and (out / "report.html").is_file()
+    assert (out / "report.html").is_file() and (out / "refined.cif").is_file()
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(dataset, tmp_path):
+    """SIGTERM (a batch scheduler's warning before it kills a job) writes the checkpoint and the
+    outputs of the best state and exits with 130, as Ctrl-C does."""
+    out = tmp_path / "terminated"
+    stop_at_the_first_checkpoint(signal.SIGTERM, "refine", "--structure", str(EXAMPLES / "quartz.cif"), "--data",
+                                 str(dataset), "--gmax", "1.2", "--tilts", "3", "--tilt-rule", "gauss", "--epochs",
+                                 "500", "--patience", "0", "--polish-steps", "0", "--thickness-model", "perframe",
+                                 "--out", str(out))
     assert 0 < _checkpoint_epoch(out) < 500
 
 

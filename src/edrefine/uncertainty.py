@@ -18,9 +18,8 @@ docs/refinement.md ("Standard uncertainties").
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
