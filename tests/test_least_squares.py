@@ -183,3 +183,44 @@ def test_uncertainties_from_a_cheaper_jacobian_keep_the_refined_chi2_and_approac
     ratio = np.sqrt(np.diag(cheaper) / np.diag(full))
     assert np.all(np.abs(ratio - 1) < 0.02), ratio  # 0.2 % at half the beams (quartz, 1.6 Å⁻¹)
     assert np.any(np.abs(ratio - 1) > 1e-6)
+
+
+def test_marginal_uncertainties_equal_the_structural_block_of_the_whole_inverse(problem_and_params):
+    """With orientation corrections and a per-frame thickness refined, the frame-by-frame Schur
+    complement gives exactly the structural block of (JᵀJ)⁻¹ over every refined parameter, and the
+    marginal s.u.s are at least the conditional ones."""
+    from edrefine.loss import StructuralIndex
+    from edrefine.uncertainty import nuisances_of, structural_covariance
+
+    problem, params = problem_and_params
+    index = StructuralIndex.of(problem.crystal, ("positions", "adp"))
+    whole, _, chi2 = normal_equations(params, problem, Layout.of(params, problem.crystal, ALL), chunk=64, block=32)
+    nuisances = nuisances_of(params, problem.crystal, index, ALL)
+    assert nuisances.directions == (((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)),)
+    assert nuisances.layout.size(params) == index.size
+    n_parameters = Layout.of(params, problem.crystal, ALL).size(params)
+    for chunk, block in ((3, 4), (64, 32)):
+        marginal, gof = structural_covariance(params, problem, index, n_parameters, chunk, block, nuisances=nuisances)
+        expected = np.linalg.inv(whole)[:index.size, :index.size] * gof**2
+        np.testing.assert_allclose(marginal, expected, rtol=1e-6)
+    conditional, _ = structural_covariance(params, problem, index, n_parameters)
+    assert np.all(np.diag(marginal) >= np.diag(conditional) * (1 - 1e-9))
+    assert np.max(np.diag(marginal) / np.diag(conditional)) > 1.01
+
+
+def test_marginal_uncertainties_take_global_thickness_and_absorption_into_the_dense_vector(truth, data):
+    from edrefine.loss import StructuralIndex
+    from edrefine.uncertainty import nuisances_of, structural_covariance
+
+    start = perturb(truth, jax.random.key(5), 0.03)
+    problem = build_problem(start, [data], CALC)
+    refined = ("positions", "adp", "thickness", "absorption")
+    params = build_parameters(problem, RefinementSettings(thickness_model="plate", refine=refined), 0.05)
+    params = eqx.tree_at(lambda p: p.datasets[0].thickness.normal, params, jnp.array([0.3, 0.5]))  # φ matters
+    index = StructuralIndex.of(problem.crystal, ("positions", "adp"))
+    nuisances = nuisances_of(params, problem.crystal, index, refined)
+    assert nuisances.directions == ((),)
+    assert nuisances.layout.size(params) == index.size + 1 + 3  # κ; plate t₀ and its normal (θ, φ)
+    whole, _, _ = normal_equations(params, problem, Layout.of(params, problem.crystal, refined), chunk=64, block=32)
+    marginal, gof = structural_covariance(params, problem, index, 12, nuisances=nuisances)
+    np.testing.assert_allclose(marginal, np.linalg.inv(whole)[:index.size, :index.size] * gof**2, rtol=1e-6)

@@ -142,6 +142,7 @@ def refine(
     polish_steps: Annotated[Optional[int], typer.Option(help="Levenberg–Marquardt steps on the structure at the end.")] = None,
     epoch_precision: Annotated[Optional[str], typer.Option(help="Precision of the orientation solves in the epochs: float32 (default; about 1.6 times faster) or float64. Thickness search, reported R, polish and s.u.s use float64.")] = None,
     uncertainty_beams: Annotated[Optional[int], typer.Option(help="Strong beams per orientation in the Jacobian of the s.u.s when the calculation solves more (default 96; 0: the calculation itself).")] = None,
+    uncertainty_marginal: Annotated[Optional[bool], typer.Option("--uncertainty-marginal/--uncertainty-conditional", help="s.u.s marginal over the refined orientations, thickness model and κ (default), or conditional on them (smaller).")] = None,
     chunk_frames: Annotated[Optional[int], typer.Option(help="Frames per compiled call (bounds memory).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the neural model and the batch order.")] = None,
     u_reset: Annotated[Optional[float], typer.Option(help="Start every site isotropic at this U_iso [Å²].")] = None,
@@ -179,7 +180,8 @@ def refine(
                  orientation_delay=orientation_delay, omega_step=omega_step, orientation_solver=orientation_solver,
                  orientation_every=orientation_every, orientation_sigma=orientation_sigma,
                  batch_frames=batch_frames, validation_fraction=validation_fraction, patience=patience,
-                 polish_steps=polish_steps, uncertainty_beams=uncertainty_beams, epoch_precision=epoch_precision, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
+                 polish_steps=polish_steps, uncertainty_beams=uncertainty_beams,
+                 uncertainty_marginal=uncertainty_marginal, epoch_precision=epoch_precision, chunk_frames=chunk_frames, seed=seed, u_reset=u_reset,
                  memory_limit=memory_limit, tilt_chunk=tilt_chunk, time_limit=time_limit, devices=devices, learning_rates=_rates(learning_rate, table))
     settings = refinement_settings(table, flags, str(config) if config else "settings")
     if absorption is not None and "absorption" not in settings.refine:

@@ -98,6 +98,13 @@ def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, cryst
         e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
         return weighted_residuals(e.fc, frames)
 
+    r, jt = transposed_jacobian(residuals, vector, block)
+    return jt @ jt.T, jt @ r, r @ r
+
+
+def transposed_jacobian(residuals: Callable, vector, block: int):
+    """(r, Jᵀ ``[p m]``) of ``residuals`` at ``vector`` by forward mode, ``block`` tangents at a
+    time, each block with its own primal pass (traceable)."""
     n = vector.shape[0]
     blocks = -(-n // block)
     basis = jnp.eye(blocks * block, n, dtype=vector.dtype).reshape(blocks, block, n)
@@ -110,8 +117,7 @@ def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, cryst
     else:
         r = residuals(vector)
         jt = jax.lax.map(lambda tangents: pushed(tangents)[1], basis)
-    jt = jt.reshape(blocks * block, -1)[:n]  # Jᵀ [p m]
-    return jt @ jt.T, jt @ r, r @ r
+    return r, jt.reshape(blocks * block, -1)[:n]
 
 
 def tangent_plan(problem: Problem, thickness_nodes: int, limit_gb: float | None, parameters: int,

@@ -121,12 +121,20 @@ def evaluate_frames(
     context: StructureContext,
     constants: DatasetConstants,
     remat: bool = True,
+    frame_offsets: Float[Array, "frame 4"] | None = None,
 ) -> Evaluation:
-    """Model and fit of every frame in ``frames`` (traceable; differentiable in the first three)."""
+    """Model and fit of every frame in ``frames`` (traceable; differentiable in the first three).
+
+    ``frame_offsets``: per frame of the chunk, (Δα, Δβ, Δω) [rad] added to the orientation
+    corrections and s scaling the thickness nodes by eˢ; each frame's own directions, for the
+    per-frame blocks of a Jacobian (:mod:`edrefine.uncertainty`)."""
     u_table = potential_table(sites, crystal, context, constants)
     axis = jnp.asarray(constants.axis)
     nodes, node_weights = dataset.thickness(FrameFeatures(frames.index, frames.alpha, axis))
     deltas = dataset.orientation[frames.index]
+    if frame_offsets is not None:
+        deltas = deltas + frame_offsets[:, :3]
+        nodes = nodes * jnp.exp(frame_offsets[:, 3:4])
 
     def one(args):
         frame, delta, t, w = args

@@ -33,7 +33,7 @@ from .problem import bound_memory, prepare_dataset, structure_context
 from .refine_settings import RefinementSettings
 from .restraints import distance_restraints
 from .settings import CalculationSettings
-from .uncertainty import crystal_uncertainties, jacobian_problem, table_chi2
+from .uncertainty import Nuisances, crystal_uncertainties, jacobian_problem, nuisances_of, table_chi2
 
 
 @dataclasses.dataclass
@@ -188,14 +188,17 @@ def _polish_events(state: TrainingState, info: dict, steps: int) -> None:
 
 
 def _uncertainties(params, start: Crystal, problem: Problem, su_problem: Problem, su_block: int,
-                   index: StructuralIndex, table: list, settings: RefinementSettings) -> Uncertainties:
-    """s.u.s of the refined structural parameters (NaN everywhere when none is refined); GoF from
-    the refined calculation's final ``table``, the curvature from ``su_problem``."""
+                   index: StructuralIndex, table: list, settings: RefinementSettings,
+                   nuisances: Nuisances | None) -> Uncertainties:
+    """s.u.s of the refined structural parameters (NaN everywhere when none is refined), marginal
+    over ``nuisances`` (None: conditional); GoF from the refined calculation's final ``table``,
+    the curvature from ``su_problem``."""
     if not index.size:
         n = len(start.labels)
         return Uncertainties(np.full(6, np.nan), np.full((n, 3), np.nan), np.full((n, 6), np.nan), np.full(n, np.nan))
     uncertainties, _, _ = crystal_uncertainties(params, su_problem, index, count_parameters(params, start, settings),
-                                                settings.chunk_frames, su_block, table_chi2(table, params, problem))
+                                                settings.chunk_frames, su_block, table_chi2(table, params, problem),
+                                                nuisances)
     return uncertainties
 
 
@@ -246,11 +249,13 @@ def refine(
     index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
     tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
     cheaper = jacobian_problem(problem, settings.uncertainty_beams)
-    su_problem, su_block = tangent_plan(cheaper, nodes, settings.memory_limit, index.size)
+    nuisances = nuisances_of(params, start, index, settings.refine) if settings.uncertainty_marginal else None
+    su_tangents = index.size if nuisances is None or not index.size else nuisances.tangents(params)
+    su_problem, su_block = tangent_plan(cheaper, nodes, settings.memory_limit, su_tangents)
     budget = None
     if settings.time_limit:
         budget, forward_seconds = _time_budget(begin + 60.0 * settings.time_limit, params, problem, su_problem,
-                                               cheaper is not problem, index.size, su_block, settings,
+                                               cheaper is not problem, su_tangents, su_block, settings,
                                                forward_seconds)
 
     def epoch_hook(s: TrainingState, record: dict) -> None:
@@ -283,7 +288,7 @@ def refine(
                             "a smaller network (nn_width) or fewer grid nodes makes them defined")
     if index.size:
         stage_hook("standard uncertainties")
-    uncertainties = _uncertainties(params, start, problem, su_problem, su_block, index, table, settings)
+    uncertainties = _uncertainties(params, start, problem, su_problem, su_block, index, table, settings, nuisances)
     return RefinementResult(start.with_params(params.sites), start, params, uncertainties, metrics, table,
                             state.history, state.events,
                             {"calculation": dataclasses.asdict(calculation), "refinement": settings.as_dict()},

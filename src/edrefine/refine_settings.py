@@ -74,6 +74,10 @@ class RefinementSettings:
             forward pass, so a CsPbBr₃-sized calculation (256 of 1280 beams) spends most of a
             short run on its s.u.s; with fewer strong beams they cost a fraction of that and
             change by a few per cent (docs/refinement.md). GoF keeps the refined calculation's χ².
+        uncertainty_marginal: s.u.s marginal over the other refined groups (orientation
+            corrections, thickness model, κ), which move with the structure (True), or
+            conditional on them, held at their refined values (False: smaller; the structural
+            block of JᵀJ alone). :mod:`edrefine.uncertainty` says how each group enters.
         epoch_precision: float64 or float32: the precision of the orientation solves in the
             epochs (Adam, L-BFGS or L–M iterations and the Gauss–Newton orientation steps); the
             thickness search, every reported R, the polish and the s.u.s use the process's
@@ -125,6 +129,7 @@ class RefinementSettings:
     patience: int = 30
     polish_steps: int = 3
     uncertainty_beams: int = 96
+    uncertainty_marginal: bool = True
     epoch_precision: str = "float32"
     chunk_frames: int = 16
     seed: int = 0

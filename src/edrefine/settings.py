@@ -42,12 +42,15 @@ def check_field_types(settings: object) -> None:
             continue
         elif kind == "str" and isinstance(value, str):
             continue
+        elif kind == "bool" and isinstance(value, bool):
+            continue
         elif kind.startswith("tuple") and isinstance(value, (list, tuple)):
             object.__setattr__(settings, field.name, tuple(value))
-        elif kind not in ("float", "int", "str") and not kind.startswith("tuple"):
+        elif kind not in ("float", "int", "str", "bool") and not kind.startswith("tuple"):
             continue
         else:
-            expected = {"float": "a number", "int": "an integer", "str": "a string"}.get(kind, "a list")
+            expected = {"float": "a number", "int": "an integer", "str": "a string",
+                        "bool": "true or false"}.get(kind, "a list")
             raise InputError(f"must be {expected}, got {value!r}", source=field.name)
 
 

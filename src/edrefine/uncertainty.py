@@ -14,6 +14,20 @@ One tangent costs about one forward pass, so for a large Bethe calculation J may
 cheaper one (:func:`jacobian_problem`: fewer strong beams per orientation) while GoF² keeps the
 χ² of the refined calculation; the change this makes to the s.u.s is measured in
 docs/refinement.md ("Standard uncertainties").
+
+Marginal s.u.s (the default of a refinement): the other refined quantities move with the
+structure, so the structural covariance is the structural block of the inverse of the whole
+normal matrix, not the inverse of its structural block (which is smaller, the s.u.s
+conditional on everything else held fixed). Global parameters (κ; a constant or plate thickness
+model) join the dense vector. Per-frame ones are handled frame by frame: frame f's residuals
+depend only on its own orientation corrections (Δα, Δβ, Δω) and thickness, so one tangent per
+direction, applied to every frame at once, gives every frame's block E_f, and
+
+    Jᵀ J → A − Σ_f B_f D_f⁺ B_fᵀ,    A = JₛᵀJₛ, B_f = JₛᵀE_f, D_f = E_fᵀE_f,
+
+the Schur complement (exact for the orientation corrections and a per-frame thickness; a neural
+thickness model enters as one scale of each frame's thickness distribution, the direction in
+which its frames' thicknesses are least constrained by its shared weights).
 """
 
 from __future__ import annotations
@@ -21,13 +35,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .cif import Uncertainties
-from .least_squares import Layout, normal_equations
-from .loss import Problem, StructuralIndex
-from .parameters import RefinementParameters
+from .learned_thickness import ConstantThickness, PlateThickness
+from .least_squares import Layout, normal_equations, restraint_normal_equations, transposed_jacobian
+from .loss import Problem, StructuralIndex, weighted_residuals
+from .objective import evaluate_frames
+from .parameters import RefinementParameters, group_labels
 from .restraints import restraint_residuals
 
 
@@ -67,31 +85,124 @@ def table_chi2(table: list[dict], params: RefinementParameters, problem: Problem
     return chi2
 
 
+ORIENTATION_DIRECTIONS = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0))
+THICKNESS_DIRECTION = ((0.0, 0.0, 0.0, 1.0),)
+"""Rows over a frame's offsets (Δα, Δβ, Δω, ln-thickness scale) of
+:func:`edrefine.objective.evaluate_frames`."""
+
+
+class Nuisances(eqx.Module):
+    """What the structural s.u.s are marginal over: ``layout``, the structural entries followed
+    by the refined global parameters (dense); ``directions``, per dataset, the rows of each
+    frame's own offsets (empty: none)."""
+
+    layout: Layout
+    directions: tuple[tuple[tuple[float, ...], ...], ...] = eqx.field(static=True)
+
+    def tangents(self, params: RefinementParameters) -> int:
+        """Tangents of one chunk's Jacobian: the dense vector and the widest set of frame directions."""
+        return self.layout.size(params) + max((len(d) for d in self.directions), default=0)
+
+
+def nuisances_of(params: RefinementParameters, crystal, index: StructuralIndex, refine: tuple[str, ...]) -> Nuisances:
+    """The refined non-structural groups of ``refine`` as :class:`Nuisances`: κ and a constant or
+    plate thickness model densely, orientation corrections and any other thickness model per frame."""
+    labels = group_labels(params)
+
+    def global_thickness(d) -> bool:
+        return "thickness" in refine and isinstance(d.thickness, (ConstantThickness, PlateThickness))
+
+    absorption = labels.absorption is not None and "absorption" in refine
+    datasets = tuple(jax.tree_util.tree_map(lambda label, g=global_thickness(d): label == "thickness" and g, labels_d)
+                     for d, labels_d in zip(params.datasets, labels.datasets))
+    directions = tuple((ORIENTATION_DIRECTIONS if "orientation" in refine else ())
+                       + (THICKNESS_DIRECTION if "thickness" in refine and not global_thickness(d) else ())
+                       for d in params.datasets)
+    return Nuisances(Layout(index, (absorption if labels.absorption is not None else None, datasets)), directions)
+
+
+@eqx.filter_jit
+def chunk_marginal_normal(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int,
+                          directions: tuple):
+    """(Jᵀ J with each frame's ``directions`` projected out, Jᵀr, rᵀr) of one chunk of dataset ``d``
+    (module docstring), the tangents ``block`` at a time."""
+    n = vector.shape[0]
+    count = frames.frame_mask.shape[0]
+    rows = jnp.asarray(directions, dtype=vector.dtype).reshape(len(directions), 4)
+
+    def residuals(w):
+        p = layout.from_vector(w[:n], params)
+        offsets = jnp.broadcast_to(w[n:] @ rows, (count, 4))
+        e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False,
+                            frame_offsets=offsets)
+        return weighted_residuals(e.fc, frames)
+
+    r, jt = transposed_jacobian(residuals, jnp.concatenate([vector, jnp.zeros(len(directions), vector.dtype)]), block)
+    js = jt[:n]
+    normal = js @ js.T
+    if directions:
+        own = jt[n:].reshape(len(directions), count, -1)
+        coupling = jnp.einsum("pfr,kfr->fpk", js.reshape(n, count, -1), own)
+        values, vectors = jnp.linalg.eigh(jnp.einsum("kfr,lfr->fkl", own, own))
+        kept = values > 1e-10 * jnp.max(values, axis=1, keepdims=True)
+        inverse = jnp.where(kept, 1.0 / jnp.where(kept, values, 1.0), 0.0)
+        projected = jnp.einsum("fpk,fkj->fpj", coupling, vectors)
+        normal = normal - jnp.einsum("fpj,fj,fqj->pq", projected, inverse, projected)
+    return normal, js @ r, r @ r
+
+
+def marginal_normal_equations(params: RefinementParameters, problem: Problem, nuisances: Nuisances, chunk: int,
+                              block: int):
+    """(Jᵀ J marginal over the per-frame nuisances, Jᵀr, χ²) over every frame and the restraints."""
+    layout = nuisances.layout
+    vector = layout.to_vector(params)
+    n = int(vector.shape[0])
+    normal, gradient, chi2 = np.zeros((n, n)), np.zeros(n), 0.0
+    for d, dataset in enumerate(problem.datasets):
+        for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
+            a, g, c = chunk_marginal_normal(vector, params, layout, d, frames, problem.crystal, problem.context,
+                                            dataset.constants, block, nuisances.directions[d])
+            normal += np.asarray(a)
+            gradient += np.asarray(g)
+            chi2 += float(c)
+    if problem.restraints is not None:
+        a, g, c = restraint_normal_equations(vector, params, layout, problem.crystal, problem.restraints)
+        normal += np.asarray(a)
+        gradient += np.asarray(g)
+        chi2 += float(c)
+    return normal, gradient, chi2
+
+
 def structural_covariance(params: RefinementParameters, problem: Problem, index: StructuralIndex,
                           n_parameters: int | None = None, chunk: int = 16, block: int = 32,
-                          chi2: float | None = None) -> tuple[np.ndarray, float]:
+                          chi2: float | None = None, nuisances: Nuisances | None = None) -> tuple[np.ndarray, float]:
     """(Σ_p ``[p p]``, GoF) at ``params``; GoF counts ``n_parameters`` (default: the vector size).
 
     JᵀJ and χ² are summed chunk by chunk of ``chunk`` frames with ``block`` tangents at a time
     (:func:`edrefine.least_squares.normal_equations`), so memory stays that of a refinement step.
     ``chi2``: the χ² of the refined calculation when ``problem`` is a cheaper one for J
-    (:func:`jacobian_problem`); None: the χ² of ``problem``."""
-    layout = Layout(index, Layout.of(params, problem.crystal, ()).others)
-    normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+    (:func:`jacobian_problem`); None: the χ² of ``problem``. ``nuisances``: the s.u.s are
+    marginal over these (:func:`nuisances_of`; None: conditional on everything but ``index``)."""
+    if nuisances is None:
+        layout = Layout(index, Layout.of(params, problem.crystal, ()).others)
+        normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+    else:
+        normal, _, own_chi2 = marginal_normal_equations(params, problem, nuisances, problem.chunk_size(chunk), block)
     chi2 = own_chi2 if chi2 is None else chi2
     n = observation_count(problem)
-    p = index.size if n_parameters is None else n_parameters
+    p = (index.size if nuisances is None else nuisances.layout.size(params)) if n_parameters is None else n_parameters
     gof2 = float(chi2 / (n - p)) if n > p else math.nan
-    covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True) * gof2
+    covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True)[:index.size, :index.size] * gof2
     return covariance, float(np.sqrt(gof2))
 
 
 def crystal_uncertainties(params: RefinementParameters, problem: Problem, index: StructuralIndex,
                           n_parameters: int | None = None, chunk: int = 16, block: int = 32,
-                          chi2: float | None = None) -> tuple[Uncertainties, np.ndarray, float]:
+                          chi2: float | None = None, nuisances: Nuisances | None = None
+                          ) -> tuple[Uncertainties, np.ndarray, float]:
     """s.u.s of coordinates (fractional), U_cif [Å²] and occupancies for the CIF, with Σ_p and GoF
     (arguments as :func:`structural_covariance`)."""
-    covariance, gof = structural_covariance(params, problem, index, n_parameters, chunk, block, chi2)
+    covariance, gof = structural_covariance(params, problem, index, n_parameters, chunk, block, chi2, nuisances)
     crystal = problem.crystal
     sites = len(crystal.labels)
     position_basis = np.asarray(crystal.position_basis)
