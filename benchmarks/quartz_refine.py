@@ -128,8 +128,24 @@ def main() -> None:
     table = frame_table(result.params, full, settings.chunk_frames)
     at42 = figures_of_merit(table, count_parameters(result.params, result.start, settings))
     shift = np.asarray(result.crystal.positions()) - np.asarray(reference.positions())
-    su = np.asarray(result.uncertainties.positions)
-    in_su = np.where(np.isfinite(su) & (su > 0), np.abs(shift) / np.where(su > 0, su, 1), np.nan)
+
+    def in_su(su):
+        su = np.asarray(su)
+        return np.nanmax(np.where(np.isfinite(su) & (su > 0), np.abs(shift) / np.where(su > 0, su, 1), np.nan), axis=1)
+
+    # the s.u.s conditional on the refined orientations and thickness, beside the refinement's own
+    conditional = None
+    if settings.uncertainty_marginal:
+        from edrefine.loss import StructuralIndex
+        from edrefine.uncertainty import crystal_uncertainties, table_chi2
+
+        problem = build_problem(result.start, [data], calculation)
+        index = StructuralIndex.of(result.start, ("positions", "adp"))
+        own = frame_table(result.params, problem, settings.chunk_frames)
+        conditional, _, _ = crystal_uncertainties(result.params, problem, index,
+                                                  count_parameters(result.params, result.start, settings),
+                                                  settings.chunk_frames, 32, table_chi2(own, result.params, problem))
+    cartesian = shift @ np.asarray(result.crystal.cell.orthogonalisation()).T
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
@@ -143,14 +159,24 @@ def main() -> None:
                "start": {k: result.metrics["start"][k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined": {k: result.metrics[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all", "GoF")},
                "refined_at_42_tilts": {k: at42[k] for k in ("R_obs_frame_mean", "wR_frame_mean", "R_obs", "wR_all")},
-               "coordinate_shift_in_su": np.nanmax(in_su, axis=1).tolist(), "events": result.events}
+               "coordinates": {label: [float(x) for x in xyz] for label, xyz in
+                               zip(result.crystal.labels, np.asarray(result.crystal.positions()))},
+               "coordinate_su": {label: [float(x) for x in su] for label, su in
+                                 zip(result.crystal.labels, np.asarray(result.uncertainties.positions))},
+               "coordinate_shift_angstrom": np.linalg.norm(cartesian, axis=1).tolist(),
+               "uncertainty_marginal": settings.uncertainty_marginal,
+               "coordinate_shift_in_su": in_su(result.uncertainties.positions).tolist(),
+               "coordinate_shift_in_conditional_su": None if conditional is None else in_su(conditional.positions).tolist(),
+               "events": result.events}
     print(json.dumps(summary, indent=1))
     for name, values in (("start", summary["start"]), (f"refined ({args.tilts} tilts)", summary["refined"]),
                          ("refined, evaluated with 42 tilts", summary["refined_at_42_tilts"])):
         print(f"{name}: R_obs frame mean {100 * values['R_obs_frame_mean']:.2f} %, wR frame mean "
               f"{100 * values['wR_frame_mean']:.2f} %, R(obs) {100 * values['R_obs']:.2f} %, "
               f"wR(all) {100 * values['wR_all']:.2f} %")
-    print(f"time {seconds:.0f} s; largest |x − x(enantiomer_1)| / s.u. per site: {summary['coordinate_shift_in_su']}")
+    print(f"time {seconds:.0f} s; largest |x − x(enantiomer_1)| / s.u. per site: {summary['coordinate_shift_in_su']}"
+          f" (conditional s.u.s: {summary['coordinate_shift_in_conditional_su']}); distance "
+          f"{summary['coordinate_shift_angstrom']} Å")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_outputs(args.out, result, [data], {"benchmark": "quartz_refine", "tilts": args.tilts})

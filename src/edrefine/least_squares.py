@@ -86,20 +86,43 @@ class Layout(eqx.Module):
 
 
 @eqx.filter_jit
-def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int):
+def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int,
+                           directions: tuple = ()):
     """(JᵀJ, Jᵀr, rᵀr) of one chunk of frames of dataset ``d`` at ``vector`` (forward mode).
 
     The tangents go ``block`` at a time, each block with its own primal pass (``jax.jvp`` mapped
     over the block), so the memory is that of one frame's tilts in flight times the block, not
-    the linearisation of the whole chunk."""
+    the linearisation of the whole chunk.
 
-    def residuals(v):
-        p = layout.from_vector(v, params)
-        e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False)
+    ``directions``: rows over each frame's own offsets (Δα, Δβ, Δω, ln-thickness scale) of
+    :func:`~edrefine.objective.evaluate_frames`, eliminated frame by frame. Frame f's residuals
+    depend on its offsets alone, so one tangent per row, applied to every frame at once, gives
+    every frame's block E_f, and JᵀJ becomes the Schur complement A − Σ_f B_f D_f⁺ B_fᵀ
+    (A = JᵀJ, B_f = JᵀE_f, D_f = E_fᵀE_f): the normal matrix of ``vector`` with every frame's
+    offsets free (:mod:`edrefine.uncertainty`). Jᵀr is not projected."""
+    n = vector.shape[0]
+    count = frames.frame_mask.shape[0]
+    rows = jnp.asarray(directions, dtype=vector.dtype).reshape(len(directions), 4)
+
+    def residuals(w):
+        p = layout.from_vector(w[:n], params)
+        offsets = jnp.broadcast_to(w[n:] @ rows, (count, 4)) if directions else None
+        e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False,
+                            frame_offsets=offsets)
         return weighted_residuals(e.fc, frames)
 
-    r, jt = transposed_jacobian(residuals, vector, block)
-    return jt @ jt.T, jt @ r, r @ r
+    r, jt = transposed_jacobian(residuals, jnp.concatenate([vector, jnp.zeros(len(directions), vector.dtype)]), block)
+    js = jt[:n]
+    normal = js @ js.T
+    if directions:
+        own = jt[n:].reshape(len(directions), count, -1)
+        coupling = jnp.einsum("pfr,kfr->fpk", js.reshape(n, count, -1), own)
+        values, vectors = jnp.linalg.eigh(jnp.einsum("kfr,lfr->fkl", own, own))
+        kept = values > 1e-10 * jnp.max(values, axis=1, keepdims=True)
+        inverse = jnp.where(kept, 1.0 / jnp.where(kept, values, 1.0), 0.0)
+        projected = jnp.einsum("fpk,fkj->fpj", coupling, vectors)
+        normal = normal - jnp.einsum("fpj,fj,fqj->pq", projected, inverse, projected)
+    return normal, js @ r, r @ r
 
 
 def transposed_jacobian(residuals: Callable, vector, block: int):
@@ -159,15 +182,17 @@ def restraint_normal_equations(vector, params, layout: Layout, crystal, restrain
     return j.T @ j, j.T @ r, r @ r
 
 
-def normal_equations(params: RefinementParameters, problem: Problem, layout: Layout, chunk: int, block: int):
-    """(JᵀJ, Jᵀr, χ²) over every frame of every dataset and the restraints (host numpy)."""
+def normal_equations(params: RefinementParameters, problem: Problem, layout: Layout, chunk: int, block: int,
+                     directions: tuple | None = None):
+    """(JᵀJ, Jᵀr, χ²) over every frame of every dataset and the restraints (host numpy);
+    ``directions``: per dataset, each frame's offsets eliminated (:func:`chunk_normal_equations`)."""
     vector = layout.to_vector(params)
     n = int(vector.shape[0])
     normal, gradient, chi2 = np.zeros((n, n)), np.zeros(n), 0.0
     for d, dataset in enumerate(problem.datasets):
         for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
             a, g, c = chunk_normal_equations(vector, params, layout, d, frames, problem.crystal, problem.context,
-                                             dataset.constants, block)
+                                             dataset.constants, block, () if directions is None else directions[d])
             normal += np.asarray(a)
             gradient += np.asarray(g)
             chi2 += float(c)

@@ -19,13 +19,14 @@ Marginal s.u.s (the default of a refinement): the other refined quantities move 
 structure, so the structural covariance is the structural block of the inverse of the whole
 normal matrix, not the inverse of its structural block (which is smaller, the s.u.s
 conditional on everything else held fixed). Global parameters (κ; a constant or plate thickness
-model) join the dense vector. Per-frame ones are handled frame by frame: frame f's residuals
+model) join the dense vector. Per-frame ones are eliminated frame by frame: frame f's residuals
 depend only on its own orientation corrections (Δα, Δβ, Δω) and thickness, so one tangent per
 direction, applied to every frame at once, gives every frame's block E_f, and
 
     Jᵀ J → A − Σ_f B_f D_f⁺ B_fᵀ,    A = JₛᵀJₛ, B_f = JₛᵀE_f, D_f = E_fᵀE_f,
 
-the Schur complement (exact for the orientation corrections and a per-frame thickness; a neural
+the Schur complement (:func:`edrefine.least_squares.chunk_normal_equations`; exact for the
+orientation corrections and a per-frame thickness; a neural
 thickness model enters as one scale of each frame's thickness distribution, the direction in
 which its frames' thicknesses are least constrained by its shared weights).
 """
@@ -42,9 +43,8 @@ import numpy as np
 
 from .cif import Uncertainties
 from .learned_thickness import ConstantThickness, PlateThickness
-from .least_squares import Layout, normal_equations, restraint_normal_equations, transposed_jacobian
-from .loss import Problem, StructuralIndex, weighted_residuals
-from .objective import evaluate_frames
+from .least_squares import Layout, normal_equations
+from .loss import Problem, StructuralIndex
 from .parameters import RefinementParameters, group_labels
 from .restraints import restraint_residuals
 
@@ -121,58 +121,6 @@ def nuisances_of(params: RefinementParameters, crystal, index: StructuralIndex, 
     return Nuisances(Layout(index, (absorption if labels.absorption is not None else None, datasets)), directions)
 
 
-@eqx.filter_jit
-def chunk_marginal_normal(vector, params, layout: Layout, d: int, frames, crystal, context, constants, block: int,
-                          directions: tuple):
-    """(Jᵀ J with each frame's ``directions`` projected out, Jᵀr, rᵀr) of one chunk of dataset ``d``
-    (module docstring), the tangents ``block`` at a time."""
-    n = vector.shape[0]
-    count = frames.frame_mask.shape[0]
-    rows = jnp.asarray(directions, dtype=vector.dtype).reshape(len(directions), 4)
-
-    def residuals(w):
-        p = layout.from_vector(w[:n], params)
-        offsets = jnp.broadcast_to(w[n:] @ rows, (count, 4))
-        e = evaluate_frames(p.sites, p.absorption, p.datasets[d], frames, crystal, context, constants, remat=False,
-                            frame_offsets=offsets)
-        return weighted_residuals(e.fc, frames)
-
-    r, jt = transposed_jacobian(residuals, jnp.concatenate([vector, jnp.zeros(len(directions), vector.dtype)]), block)
-    js = jt[:n]
-    normal = js @ js.T
-    if directions:
-        own = jt[n:].reshape(len(directions), count, -1)
-        coupling = jnp.einsum("pfr,kfr->fpk", js.reshape(n, count, -1), own)
-        values, vectors = jnp.linalg.eigh(jnp.einsum("kfr,lfr->fkl", own, own))
-        kept = values > 1e-10 * jnp.max(values, axis=1, keepdims=True)
-        inverse = jnp.where(kept, 1.0 / jnp.where(kept, values, 1.0), 0.0)
-        projected = jnp.einsum("fpk,fkj->fpj", coupling, vectors)
-        normal = normal - jnp.einsum("fpj,fj,fqj->pq", projected, inverse, projected)
-    return normal, js @ r, r @ r
-
-
-def marginal_normal_equations(params: RefinementParameters, problem: Problem, nuisances: Nuisances, chunk: int,
-                              block: int):
-    """(Jᵀ J marginal over the per-frame nuisances, Jᵀr, χ²) over every frame and the restraints."""
-    layout = nuisances.layout
-    vector = layout.to_vector(params)
-    n = int(vector.shape[0])
-    normal, gradient, chi2 = np.zeros((n, n)), np.zeros(n), 0.0
-    for d, dataset in enumerate(problem.datasets):
-        for _, frames in dataset.frames.chunks(np.arange(dataset.frames.count), chunk):
-            a, g, c = chunk_marginal_normal(vector, params, layout, d, frames, problem.crystal, problem.context,
-                                            dataset.constants, block, nuisances.directions[d])
-            normal += np.asarray(a)
-            gradient += np.asarray(g)
-            chi2 += float(c)
-    if problem.restraints is not None:
-        a, g, c = restraint_normal_equations(vector, params, layout, problem.crystal, problem.restraints)
-        normal += np.asarray(a)
-        gradient += np.asarray(g)
-        chi2 += float(c)
-    return normal, gradient, chi2
-
-
 def structural_covariance(params: RefinementParameters, problem: Problem, index: StructuralIndex,
                           n_parameters: int | None = None, chunk: int = 16, block: int = 32,
                           chi2: float | None = None, nuisances: Nuisances | None = None) -> tuple[np.ndarray, float]:
@@ -184,10 +132,10 @@ def structural_covariance(params: RefinementParameters, problem: Problem, index:
     (:func:`jacobian_problem`); None: the χ² of ``problem``. ``nuisances``: the s.u.s are
     marginal over these (:func:`nuisances_of`; None: conditional on everything but ``index``)."""
     if nuisances is None:
-        layout = Layout(index, Layout.of(params, problem.crystal, ()).others)
-        normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block)
+        layout, directions = Layout(index, Layout.of(params, problem.crystal, ()).others), None
     else:
-        normal, _, own_chi2 = marginal_normal_equations(params, problem, nuisances, problem.chunk_size(chunk), block)
+        layout, directions = nuisances.layout, nuisances.directions
+    normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block, directions)
     chi2 = own_chi2 if chi2 is None else chi2
     n = observation_count(problem)
     p = (index.size if nuisances is None else nuisances.layout.size(params)) if n_parameters is None else n_parameters
