@@ -123,3 +123,28 @@ def test_gauss_newton_solver_holds_orientations_in_adam_and_runs_on_schedule(pro
         RefinementSettings(orientation_solver="newton")
     with pytest.raises(InputError, match="orientation_every"):
         RefinementSettings(orientation_every=0)
+
+
+def test_the_step_moves_each_frames_own_correction_when_frames_are_left_out(problem_and_start):
+    """Frames without reflections are not rows of the problem, but their corrections keep their
+    place in the file's frame order: a step found for row r belongs to frame index[r]."""
+    import dataclasses
+
+    from edrefine.problem import prepare_dataset
+
+    problem, params = problem_and_start
+    kept = np.array([0, 2, 3, 5])
+    subset = prepare_dataset(problem.crystal, problem.datasets[0].data, CALC, frames=kept)
+    problem = dataclasses.replace(problem, datasets=(subset,))
+    np.testing.assert_array_equal(np.asarray(subset.frames.index), kept)
+    error = np.zeros(np.shape(params.datasets[0].orientation))
+    error[kept] = np.deg2rad(0.05) * np.random.default_rng(3).standard_normal((len(kept), 3))
+    params = with_orientation(params, error)
+    rows = np.arange(len(kept))
+    before = frame_chi2(params, problem, 0, rows, chunk=16)
+    moved, record = orientation_step(params, problem, [rows], chunk=16, sigma=None)
+    after = frame_chi2(moved, problem, 0, rows, chunk=16)
+    np.testing.assert_allclose(after.sum(), record["chi2_after"], rtol=1e-9)
+    assert np.all(after <= before) and after.sum() < 0.5 * before.sum()
+    left_out = np.setdiff1d(np.arange(len(error)), kept)
+    np.testing.assert_array_equal(np.asarray(moved.datasets[0].orientation)[left_out], 0.0)

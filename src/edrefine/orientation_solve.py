@@ -134,11 +134,13 @@ def orientation_step(params: RefinementParameters, problem: Problem, rows: list[
         normal, gradient, chi2 = orientation_normal_equations(params, problem, d, dataset_rows, chunk)
         if not (np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient)) and np.all(np.isfinite(chi2))):
             raise FloatingPointError(f"non-finite orientation normal equations in dataset {d}")
+        # corrections are stored per frame of the file; rows skip the frames without reflections
+        slots = np.asarray(problem.datasets[d].frames.index)[dataset_rows]
         start = np.asarray(params.datasets[d].orientation)
         current = start.copy()
         normal = normal + weight * np.eye(3)
-        gradient = gradient + weight * start[dataset_rows]
-        chi2 = chi2 + weight * np.sum(start[dataset_rows] ** 2, axis=1)
+        gradient = gradient + weight * start[slots]
+        chi2 = chi2 + weight * np.sum(start[slots] ** 2, axis=1)
         best = chi2.copy()
         radius = np.full(len(dataset_rows), TRUST_RADIUS)
         pending = np.ones(len(dataset_rows), dtype=bool)  # no step kept yet
@@ -147,13 +149,13 @@ def orientation_step(params: RefinementParameters, problem: Problem, rows: list[
             trying = pending | growing
             delta = trust_region_steps(normal, gradient, radius)
             trial = current.copy()
-            trial[dataset_rows[trying]] = start[dataset_rows[trying]] + delta[trying]
+            trial[slots[trying]] = start[slots[trying]] + delta[trying]
             candidate = _with_orientation(params, d, trial)
             new = np.full(len(dataset_rows), np.inf)
             new[trying] = (frame_chi2(candidate, problem, d, dataset_rows[trying], chunk)
-                           + weight * np.sum(trial[dataset_rows[trying]] ** 2, axis=1))
+                           + weight * np.sum(trial[slots[trying]] ** 2, axis=1))
             better = trying & np.isfinite(new) & (new < best)
-            current[dataset_rows[better]] = trial[dataset_rows[better]]
+            current[slots[better]] = trial[slots[better]]
             best = np.where(better, new, best)
             on_radius = np.linalg.norm(delta, axis=1) >= (1 - 1e-6) * radius
             growing = better & on_radius & (radius < LARGEST_RADIUS)
@@ -165,7 +167,7 @@ def orientation_step(params: RefinementParameters, problem: Problem, rows: list[
         before_total += float(chi2.sum())
         after_total += float(best.sum())
         moved += int((~pending).sum())
-        step = np.linalg.norm(current[dataset_rows] - start[dataset_rows], axis=1)
+        step = np.linalg.norm(current[slots] - start[slots], axis=1)
         largest = max(largest, float(np.rad2deg(step.max(initial=0.0))))
     record = {"chi2_before": before_total, "chi2_after": after_total, "frames_moved": moved,
               "largest_step_deg": largest}
