@@ -136,15 +136,16 @@ def main() -> None:
     # the s.u.s conditional on the refined orientations and thickness, beside the refinement's own
     conditional = None
     if settings.uncertainty_marginal:
+        from edrefine.least_squares import STRUCTURAL
         from edrefine.loss import StructuralIndex
         from edrefine.uncertainty import crystal_uncertainties, table_chi2
 
         problem = build_problem(result.start, [data], calculation)
-        index = StructuralIndex.of(result.start, ("positions", "adp"))
-        own = frame_table(result.params, problem, settings.chunk_frames)
+        index = StructuralIndex.of(result.start, tuple(g for g in STRUCTURAL if g in settings.refine))
         conditional, _, _ = crystal_uncertainties(result.params, problem, index,
                                                   count_parameters(result.params, result.start, settings),
-                                                  settings.chunk_frames, 32, table_chi2(own, result.params, problem))
+                                                  settings.chunk_frames, 32,
+                                                  table_chi2(result.frames, result.params, problem))
     cartesian = shift @ np.asarray(result.crystal.cell.orthogonalisation()).T
     summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,

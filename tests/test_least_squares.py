@@ -194,7 +194,7 @@ def test_marginal_uncertainties_equal_the_structural_block_of_the_whole_inverse(
 
     problem, params = problem_and_params
     index = StructuralIndex.of(problem.crystal, ("positions", "adp"))
-    whole, _, chi2 = normal_equations(params, problem, Layout.of(params, problem.crystal, ALL), chunk=64, block=32)
+    whole, _, _ = normal_equations(params, problem, Layout.of(params, problem.crystal, ALL), chunk=64, block=32)
     nuisances = nuisances_of(params, problem.crystal, index, ALL)
     assert nuisances.directions == (((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)),)
     assert nuisances.layout.size(params) == index.size
