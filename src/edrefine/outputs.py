@@ -76,7 +76,8 @@ def frames_csv(result: RefinementResult) -> str:
 
 def metrics_payload(result: RefinementResult, provenance: dict) -> dict:
     """The ``metrics.json`` content."""
-    keys = ("R_obs", "wR_all", "GoF", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all", "n_parameters")
+    keys = ("R_obs", "wR_all", "GoF", "GoF_restrained", "R_obs_frame_mean", "wR_frame_mean", "n_obs", "n_all",
+            "n_parameters", "n_restraints")
     payload = {k: _finite_or_none(result.metrics[k]) for k in keys if k in result.metrics}
     payload.update(seconds=result.seconds, start=result.metrics["start"], history=result.history,
                    events=result.events, settings=result.settings, **provenance)

@@ -54,8 +54,14 @@ def distance_restraints(crystal: Crystal, entries: list[dict], source: str = "re
                               jnp.asarray(sigma))
 
 
+_SAME_POSITION = 1e-3
+"""Images closer than this [Å] are the restrained site itself."""
+
+
 def restraint_residuals(crystal: Crystal, restraints: DistanceRestraints) -> Float[Array, " r"]:
-    """ρ = (d − d₀)/σ for every restraint, d the shortest distance to an image of the second site."""
+    """ρ = (d − d₀)/σ for every restraint, d [Å] the shortest distance from the first site to an
+    image of the second (any symmetry operation and lattice translation; for a site restrained to
+    itself, the nearest of its other images)."""
     atoms = crystal.expand()
     x = crystal.positions()
     i, j = restraints.pairs[:, 0], restraints.pairs[:, 1]
@@ -63,6 +69,8 @@ def restraint_residuals(crystal: Crystal, restraints: DistanceRestraints) -> Flo
     diff = diff - jnp.round(diff)
     shifts = jnp.asarray(list(itertools.product((-1.0, 0.0, 1.0), repeat=3)), dtype=diff.dtype)
     cart = jnp.einsum("ij,rmkj->rmki", crystal.cell.orthogonalisation(), diff[:, :, None, :] + shifts[None, None])
-    squared = jnp.where(atoms.mask[j][:, :, None], jnp.sum(cart**2, axis=-1), jnp.inf)
+    squared = jnp.sum(cart**2, axis=-1)
+    # a site restrained to its own images: the site itself (distance 0) is not one of them
+    squared = jnp.where(atoms.mask[j][:, :, None] & (squared > _SAME_POSITION**2), squared, jnp.inf)
     distance = jnp.sqrt(jnp.min(squared, axis=(1, 2)))
     return (distance - restraints.target) / restraints.sigma

@@ -137,11 +137,18 @@ def structural_covariance(params: RefinementParameters, problem: Problem, index:
         layout, directions = nuisances.layout, nuisances.directions
     normal, _, own_chi2 = normal_equations(params, problem, layout, problem.chunk_size(chunk), block, directions)
     chi2 = own_chi2 if chi2 is None else chi2
-    n = observation_count(problem)
     p = (index.size if nuisances is None else nuisances.layout.size(params)) if n_parameters is None else n_parameters
-    gof2 = float(chi2 / (n - p)) if n > p else math.nan
-    covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True)[:index.size, :index.size] * gof2
-    return covariance, float(np.sqrt(gof2))
+    gof = restrained_gof(chi2, problem, p)
+    covariance = np.linalg.pinv(normal, rcond=1e-12, hermitian=True)[:index.size, :index.size] * gof**2
+    return covariance, gof
+
+
+def restrained_gof(chi2: float, problem: Problem, n_parameters: int) -> float:
+    """√(χ² / (N_refl + N_restr − N_par)) with χ² over the reflections and the restraints (NaN when
+    the parameters are not outnumbered): the GoF that scales the s.u.s. Without restraints it is
+    the GoF of :func:`edrefine.merit.summarise`."""
+    n = observation_count(problem)
+    return float(np.sqrt(chi2 / (n - n_parameters))) if n > n_parameters else math.nan
 
 
 def crystal_uncertainties(params: RefinementParameters, problem: Problem, index: StructuralIndex,
