@@ -122,6 +122,7 @@ def refine(
     thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (Gaussian per frame) or neural-grid (weights over a thickness grid, the default).")] = None,
     grid_nodes: Annotated[Optional[int], typer.Option(help="Thickness grid nodes of neural-grid (default 24).")] = None,
     grid_span: Annotated[Optional[float], typer.Option(help="neural-grid nodes span [min start / SPAN, max start × SPAN] of the starting thicknesses (default 2.5).")] = None,
+    start_width: Annotated[Optional[float], typer.Option(help="Width of the neural models' starting distribution per frame, a share of its starting thickness (default: 2 % of the bounds' span).")] = None,
     thickness_min: Annotated[Optional[float], typer.Option(help="Lower thickness bound [Å] (default 50).")] = None,
     thickness_max: Annotated[Optional[float], typer.Option(help="Upper thickness bound [Å] (default 2500).")] = None,
     thickness_start: Annotated[Optional[str], typer.Option(help="Starting thickness search: auto (default), dataset or frame.")] = None,
@@ -172,7 +173,7 @@ def refine(
                                    strong_beams=strong_beams, tilt_segments=tilt_segments,
                                    form_factors=form_factors, absorption=absorption)
     table, restraints = read_refinement_table(config)
-    flags = dict(thickness_model=thickness_model, grid_nodes=grid_nodes, grid_span=grid_span, thickness_min=thickness_min, thickness_max=thickness_max,
+    flags = dict(thickness_model=thickness_model, grid_nodes=grid_nodes, grid_span=grid_span, start_width=start_width, thickness_min=thickness_min, thickness_max=thickness_max,
                  thickness_start=thickness_start,
                  optimiser=optimiser, epochs=epochs, refine=refine_groups, schedule=schedule, warmup=warmup,
                  u_min=u_min, nn_width=nn_width, nn_depth=nn_depth, nn_frequencies=nn_frequencies, checkpoint_every=checkpoint_every,
@@ -256,6 +257,10 @@ def _print_result(result, out: Path, extra: list[tuple[str, str]] = ()) -> None:
                        ("R_obs", "R(obs), Jana form"), ("wR_all", "wR(all), Jana form")):
         table.add_row(label, f"{100 * start[key]:.2f} %", f"{100 * result.metrics[key]:.2f} %")
     table.add_row("GoF", *(f"{g:.3f}" if math.isfinite(g) else "undefined" for g in (start["GoF"], result.metrics["GoF"])))
+    if "GoF_restrained" in result.metrics:
+        g = result.metrics["GoF_restrained"]
+        table.add_row(f"GoF with {result.metrics['n_restraints']} restraints (scales the s.u.s)", "",
+                      f"{g:.3f}" if math.isfinite(g) else "undefined")
     table.add_row("refined parameters", "", str(result.metrics.get("n_parameters", "")))
     for label, before, after in extra:
         table.add_row(label, before, after)

@@ -33,7 +33,8 @@ from .problem import bound_memory, prepare_dataset, structure_context
 from .refine_settings import RefinementSettings
 from .restraints import distance_restraints
 from .settings import CalculationSettings
-from .uncertainty import Nuisances, crystal_uncertainties, jacobian_problem, nuisances_of, table_chi2
+from .uncertainty import (Nuisances, crystal_uncertainties, jacobian_problem, nuisances_of, restrained_gof,
+                          table_chi2)
 
 
 @dataclasses.dataclass
@@ -202,6 +203,57 @@ def _uncertainties(params, start: Crystal, problem: Problem, su_problem: Problem
     return uncertainties
 
 
+@dataclasses.dataclass(frozen=True)
+class _TangentPlan:
+    """The problems and tangent blocks of the polish (``problem``, ``block``) and of the s.u.s
+    (``su_problem`` with ``su_tangents`` tangents in blocks of ``su_block``), and what the s.u.s
+    are marginal over (``nuisances``, None: conditional)."""
+
+    index: StructuralIndex
+    problem: Problem
+    block: int
+    nuisances: Nuisances | None
+    su_problem: Problem
+    su_tangents: int
+    su_block: int
+
+    @classmethod
+    def of(cls, params, start: Crystal, problem: Problem, settings: RefinementSettings, nodes: int) -> "_TangentPlan":
+        index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
+        tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
+        nuisances = nuisances_of(params, start, index, settings.refine) if settings.uncertainty_marginal else None
+        su_tangents = index.size if nuisances is None or not index.size else nuisances.tangents(params)
+        su_problem, su_block = tangent_plan(jacobian_problem(problem, settings.uncertainty_beams), nodes,
+                                            settings.memory_limit, su_tangents)
+        return cls(index, tangent_problem, block, nuisances, su_problem, su_tangents, su_block)
+
+
+def _finish(state: TrainingState, interrupted: bool, plan: _TangentPlan, start: Crystal, problem: Problem,
+            settings: RefinementSettings, budget, forward_seconds: float, stage_hook):
+    """After the epochs: the polish, the final R and the s.u.s → (params, metrics, frame table,
+    uncertainties); what happened is added to ``state.events``."""
+    steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
+    if steps:
+        stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
+    params, info = polish(plan.problem, state.params, settings, steps, plan.block,
+                          None if budget is None else budget.deadline - budget.reserve, forward_seconds)
+    _polish_events(state, info, steps)
+    stage_hook("final R")
+    metrics, table = _summary(params, problem, settings)
+    if problem.restraints is not None:
+        metrics["n_restraints"] = int(problem.restraints.target.size)
+        metrics["GoF_restrained"] = restrained_gof(table_chi2(table, params, problem), problem, metrics["n_parameters"])
+    if metrics["n_parameters"] >= metrics["n_all"]:
+        state.events.append(f"{metrics['n_parameters']} refined parameters (every weight of the thickness network "
+                            f"counts) for {metrics['n_all']} reflections: GoF and the s.u.s are undefined (NaN); "
+                            "a smaller network (nn_width) or fewer grid nodes makes them defined")
+    if plan.index.size:
+        stage_hook("standard uncertainties")
+    uncertainties = _uncertainties(params, start, problem, plan.su_problem, plan.su_block, plan.index, table, settings,
+                                   plan.nuisances)
+    return params, metrics, table, uncertainties
+
+
 def refine(
     crystal: Crystal,
     datasets: Sequence[PetsData],
@@ -246,17 +298,12 @@ def refine(
     _note_automatic_reduction(problem, calculation, state)
 
     nodes = node_count(settings.thickness_model, settings.grid_nodes)
-    index = StructuralIndex.of(start, tuple(g for g in STRUCTURAL if g in settings.refine))
-    tangent_problem, block = tangent_plan(problem, nodes, settings.memory_limit, index.size)
-    cheaper = jacobian_problem(problem, settings.uncertainty_beams)
-    nuisances = nuisances_of(params, start, index, settings.refine) if settings.uncertainty_marginal else None
-    su_tangents = index.size if nuisances is None or not index.size else nuisances.tangents(params)
-    su_problem, su_block = tangent_plan(cheaper, nodes, settings.memory_limit, su_tangents)
+    plan = _TangentPlan.of(params, start, problem, settings, nodes)
     budget = None
     if settings.time_limit:
-        budget, forward_seconds = _time_budget(begin + 60.0 * settings.time_limit, params, problem, su_problem,
-                                               cheaper is not problem, su_tangents, su_block, settings,
-                                               forward_seconds)
+        budget, forward_seconds = _time_budget(begin + 60.0 * settings.time_limit, params, problem, plan.su_problem,
+                                               plan.su_problem is not plan.problem, plan.su_tangents, plan.su_block,
+                                               settings, forward_seconds)
 
     def epoch_hook(s: TrainingState, record: dict) -> None:
         if s.epoch % settings.report_every == 0 or s.epoch == (s.planned_epochs or settings.epochs):
@@ -273,22 +320,9 @@ def refine(
         state.events.append(state.stopped)
     if folder is not None and not interrupted:
         checkpoint.save(folder, state, "polish", fingerprint)
-    steps = 0 if interrupted or settings.optimiser == "lm" else settings.polish_steps
-    if steps:
-        stage_hook(f"Levenberg–Marquardt polish (up to {steps} steps)")
-    params, info = polish(tangent_problem, state.params, settings, steps, block,
-                          None if budget is None else budget.deadline - budget.reserve, forward_seconds)
-    _polish_events(state, info, steps)
-    stage_hook("final R")
-    metrics, table = _summary(params, problem, settings)
+    params, metrics, table, uncertainties = _finish(state, interrupted, plan, start, problem, settings, budget,
+                                                    forward_seconds, stage_hook)
     metrics["start"] = start_metrics
-    if metrics["n_parameters"] >= metrics["n_all"]:
-        state.events.append(f"{metrics['n_parameters']} refined parameters (every weight of the thickness network "
-                            f"counts) for {metrics['n_all']} reflections: GoF and the s.u.s are undefined (NaN); "
-                            "a smaller network (nn_width) or fewer grid nodes makes them defined")
-    if index.size:
-        stage_hook("standard uncertainties")
-    uncertainties = _uncertainties(params, start, problem, su_problem, su_block, index, table, settings, nuisances)
     return RefinementResult(start.with_params(params.sites), start, params, uncertainties, metrics, table,
                             state.history, state.events,
                             {"calculation": dataclasses.asdict(calculation), "refinement": settings.as_dict()},
