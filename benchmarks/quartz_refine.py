@@ -10,7 +10,7 @@ frames, elastic), the published code 5.17 % in 5 minutes on this CPU.
 
     python benchmarks/quartz_refine.py --tilts 42 --out DIR      # the default recipe, published settings
     python benchmarks/quartz_refine.py [--tilts 21] [--epochs N] [--thickness-model M] [--absorption 0.05] \
-        [--kinematic] [--invert] [--out DIR]
+        [--form-factors lobato|kirkland|peng] [--start kinematical|reference] [--kinematic] [--invert] [--out DIR]
 
 Refinement settings not given are the defaults of :class:`edrefine.RefinementSettings`.
 
@@ -45,7 +45,7 @@ def grid_span_flag(text: str) -> float | str:
 
 def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **values):
     """RefinementSettings: defaults < ``values`` < the recipe flags given (``--orientation-*``,
-    ``--omega-step``, ``--grid-nodes``, ``--batch-frames``, ``--seed``, ``--nn-frequencies``, ``--nn-width``, ``--learning-rate``); a bad flag is a
+    ``--omega-step``, ``--grid-nodes``, ``--batch-frames``, ``--seed``, ``--nn-frequencies``, ``--nn-width``, ``--start-width``, ``--learning-rate``); a bad flag is a
     one-line usage error."""
     from edrefine import InputError
     from edrefine.refine_settings import learning_rate_pairs, refinement_settings
@@ -55,6 +55,7 @@ def settings_from(parser: argparse.ArgumentParser, args: argparse.Namespace, **v
                      orientation_every=args.orientation_every, orientation_sigma=args.orientation_sigma,
                      omega_step=args.omega_step, grid_nodes=args.grid_nodes, batch_frames=args.batch_frames,
                      seed=args.seed, nn_frequencies=args.nn_frequencies, nn_width=args.nn_width,
+                     start_width=args.start_width,
                      learning_rates=learning_rate_pairs(args.learning_rate) or None)
         return refinement_settings({k: v for k, v in values.items() if v is not None}, flags, source="flags")
     except InputError as error:
@@ -65,7 +66,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     for flag, kind in (("--orientation-delay", float), ("--orientation-solver", str), ("--orientation-every", int),
                        ("--orientation-sigma", float), ("--omega-step", float), ("--grid-nodes", int),
                        ("--batch-frames", int), ("--seed", int), ("--nn-frequencies", int),
-                       ("--nn-width", int)):
+                       ("--nn-width", int), ("--start-width", float)):
         parser.add_argument(flag, type=kind, default=None, help="default: the refinement default")
 
 
@@ -85,9 +86,14 @@ def main() -> None:
                         help="Adam step of one group, repeatable (default: the refinement defaults)")
     parser.add_argument("--absorption", type=float, default=None,
                         help="refine absorption κ from this start (default: elastic)")
+    parser.add_argument("--form-factors", default="lobato", choices=("lobato", "kirkland", "peng"),
+                        help="electron scattering factors (default: lobato, the program's default)")
     parser.add_argument("--kinematic", action="store_true",
                         help="single scattering (strong_beams = 1: kinematical amplitudes with each frame's rocking "
                              "curve), to show what the dynamical model gains")
+    parser.add_argument("--start", choices=("kinematical", "reference"), default="kinematical",
+                        help="starting model: quartz_kinematical.cif (default) or the reference enantiomer_1.cif "
+                             "itself, to see whether the refinement stays at the reference")
     parser.add_argument("--invert", action="store_true",
                         help="start from the inverted enantiomer of the kinematical model (absolute structure)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
@@ -100,12 +106,13 @@ def main() -> None:
     from edrefine.summary import count_parameters, figures_of_merit, frame_table
     from edrefine.refine import build_problem
 
-    start = read_crystal(DATA / "quartz_kinematical.cif")
     reference = read_crystal(DATA / "enantiomer_1.cif")
+    start = reference if args.start == "reference" else read_crystal(DATA / "quartz_kinematical.cif")
     if args.invert:
         start, reference = start.invert(), reference.invert()
     data = read_pets(DATA / "quartz.cif_pets")
     published = PUBLISHED | {"strong_beams": 1 if args.kinematic else 0}
+    published["form_factors"] = args.form_factors
     calculation = CalculationSettings(tilts=args.tilts, absorption=args.absorption, **published)
     groups = RefinementSettings().refine + (("absorption",) if args.absorption is not None else ())
     settings = settings_from(parser, args, report_every=10, refine=groups, epochs=args.epochs,
@@ -147,7 +154,8 @@ def main() -> None:
                                                   settings.chunk_frames, 32,
                                                   table_chi2(result.frames, result.params, problem))
     cartesian = shift @ np.asarray(result.crystal.cell.orthogonalisation()).T
-    summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "absorption": None if result.params.absorption is None
+    summary = {"tilts_refined": args.tilts, "kinematic": args.kinematic, "inverted": args.invert, "start_model": args.start,
+               "form_factors": args.form_factors, "absorption": None if result.params.absorption is None
                else float(result.params.absorption), "epochs": settings.epochs, "seconds": seconds,
                "thickness_model": settings.thickness_model, "thickness_start": settings.thickness_start,
                "grid_span": settings.grid_span, "grid_nodes": settings.grid_nodes, "seed": settings.seed, "nn_frequencies": settings.nn_frequencies,

@@ -170,7 +170,7 @@ def _toml_value(value) -> str:
 @given(key=st.sampled_from(["gmax", "sgmax", "tilts", "tilt_rule", "rsg", "dsg", "form_factors", "absorption",
                             "thickness_step", "epochs", "thickness_model", "thickness_min", "refine",
                             "learning_rates", "batch_frames", "validation_fraction", "seed", "u_reset",
-                            "memory_limit", "chunk_frames", "uncertainty_marginal", "restraint"]),
+                            "memory_limit", "chunk_frames", "uncertainty_marginal", "start_width", "restraint"]),
        value=VALUES)
 def test_every_setting_with_a_value_of_any_type_is_accepted_or_named(scratch, key, value):
     calculation = key in ("gmax", "sgmax", "tilts", "tilt_rule", "rsg", "dsg", "form_factors", "absorption",

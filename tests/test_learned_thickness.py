@@ -41,6 +41,24 @@ def test_the_thickness_grid_spans_the_starting_thicknesses_within_the_bounds():
         make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0), grid_span=0.5)
 
 
+@pytest.mark.parametrize("kind", ["neural", "neural-grid"])
+def test_the_starting_distribution_has_the_width_asked_for(kind):
+    start = np.linspace(300.0, 500.0, ALPHA.size)
+    default = make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0))
+    broad = make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0), start_width=0.25)
+    _, narrow_width = mean_and_width(*default(FEATURES))
+    mean, width = mean_and_width(*broad(FEATURES))
+    np.testing.assert_allclose(mean, start, rtol=0.05)
+    if kind == "neural-grid":
+        np.testing.assert_allclose(narrow_width, 0.02 * (BOUNDS.t_max - BOUNDS.t_min), rtol=0.2)
+        np.testing.assert_allclose(width, 0.25 * start, rtol=0.2)
+    else:  # the Gaussian form's width is only pulled weakly towards the start width
+        assert np.mean(width) > 2 * np.mean(narrow_width)
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(InputError, match="start_width"):
+            make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0), start_width=bad)
+
+
 def test_bounds_hold_for_any_raw_value_and_invert():
     raw = jnp.array([-1e3, -3.0, 0.0, 3.0, 1e3])
     t = BOUNDS.to_thickness(raw)

@@ -101,6 +101,8 @@ def test_settings_reject_impossible_values():
         refinement_settings({}, {"learning_rates": {"positions": -1.0}})
     with pytest.raises(InputError, match="grid_span"):
         refinement_settings({"grid_span": 1.0}, {})
+    with pytest.raises(InputError, match="start_width"):
+        refinement_settings({"start_width": 0.0}, {})
     with pytest.raises(InputError, match="uncertainty_marginal.*true or false"):
         refinement_settings({"uncertainty_marginal": "yes"}, {})
     assert refinement_settings({"uncertainty_marginal": False}, {}).uncertainty_marginal is False

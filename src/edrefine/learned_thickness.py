@@ -178,6 +178,7 @@ def make_thickness_model(
     grid_span: float | None = 2.5,
     width_max: float | None = None,
     frequencies: int = 8,
+    start_width: float | None = None,
 ) -> ThicknessModel:
     """A thickness model of ``kind`` (one of :data:`MODEL_KINDS`) starting near ``initial`` [Å].
 
@@ -187,6 +188,8 @@ def make_thickness_model(
     ``grid_nodes`` thicknesses are evenly spaced over [min(initial) / grid_span,
     max(initial) · grid_span] within the bounds (``grid_span`` None: over the whole bounds).
     ``frequencies``: Fourier features of the neural models' input (:class:`NeuralThickness`).
+    ``start_width``: standard deviation of the neural models' starting distribution as a share of
+    each frame's starting thickness (None: 2 % of the bounds' span, :func:`fit_thickness_model`).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     initial = np.clip(np.asarray(initial, dtype=np.float64), bounds.t_min, bounds.t_max)
@@ -214,7 +217,9 @@ def make_thickness_model(
                             "grid" if grid_form else "gaussian",
                             float(width_max if width_max is not None else 0.25 * (bounds.t_max - bounds.t_min)),
                             grid, frequencies)
-    return fit_thickness_model(model, alpha, initial)
+    if start_width is not None and not (np.isfinite(start_width) and start_width > 0):
+        raise InputError(f"must be a positive number, got {start_width!r}", source="start_width")
+    return fit_thickness_model(model, alpha, initial, spread=None if start_width is None else start_width * initial)
 
 
 def mean_and_width(nodes: Array, weights: Array) -> tuple[Array, Array]:
@@ -225,22 +230,23 @@ def mean_and_width(nodes: Array, weights: Array) -> tuple[Array, Array]:
 
 
 def fit_thickness_model(model: ThicknessModel, alpha, target, steps: int = 600, learning_rate: float = 0.02,
-                        spread: float | None = None) -> ThicknessModel:
+                        spread=None) -> ThicknessModel:
     """Pretrain ``model`` so that each frame's mean thickness matches ``target`` [Å].
 
+    ``spread`` [Å]: one width, or one per frame (default 2 % of the bounds' span).
     Gaussian form: least squares on the mean (relative units) with a small pull of the width
-    towards ``spread`` (default 2 % of the range). Grid form: cross-entropy to a discretised
+    towards ``spread``. Grid form: cross-entropy to a discretised
     Gaussian of that spread around the target. Adam, ``steps`` full-batch steps, jitted.
     """
     alpha = jnp.asarray(alpha, dtype=float)
     target = jnp.asarray(target, dtype=float)
     span = model.bounds.t_max - model.bounds.t_min
-    spread = 0.02 * span if spread is None else spread
+    spread = jnp.broadcast_to(jnp.asarray(0.02 * span if spread is None else spread, dtype=float), target.shape)
     features = FrameFeatures(jnp.arange(alpha.shape[0]), alpha, jnp.array([1.0, 0.0, 0.0]))
     grid_form = isinstance(model, NeuralThickness) and model.form == "grid"
     if grid_form:
         grid = jnp.asarray(model.grid)
-        desired = jax.nn.softmax(-0.5 * ((grid[None, :] - target[:, None]) / spread) ** 2, axis=1)
+        desired = jax.nn.softmax(-0.5 * ((grid[None, :] - target[:, None]) / spread[:, None]) ** 2, axis=1)
 
     def loss(m):
         nodes, weights = m(features)

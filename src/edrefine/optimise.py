@@ -165,7 +165,8 @@ def build_parameters(problem: Problem, settings: RefinementSettings, absorption:
     models = [make_thickness_model(settings.thickness_model, np.asarray(d.data.frames.alpha, dtype=np.float64), t,
                                    bounds, key=k, width=settings.nn_width, depth=settings.nn_depth,
                                    frequencies=settings.nn_frequencies,
-                                   grid_nodes=settings.grid_nodes, grid_span=settings.grid_span)
+                                   grid_nodes=settings.grid_nodes, grid_span=settings.grid_span,
+                                   start_width=settings.start_width)
               for d, t, k in zip(problem.datasets, search, keys)]
     return initial_parameters(problem.crystal, models, counts, absorption)
 

@@ -92,6 +92,10 @@ class RefinementSettings:
             (the normalised goniometer angle).
         grid_span: the neural-grid nodes span [min start / grid_span, max start × grid_span] of the
             starting thicknesses, within the bounds (None: the whole bounds).
+        start_width: standard deviation of the neural models' starting distribution per frame, as a
+            share of the frame's starting thickness (None: 2 % of the bounds' span, about 50 Å).
+            A broad start lets the neural-grid weights move to thicknesses far from the start,
+            which a narrow one leaves with almost no weight and so almost no gradient.
         checkpoint_every: epochs between checkpoints.
         report_every: epochs between full R evaluations in the history.
         memory_limit: largest estimated peak memory of a forward+gradient pass [GB] before the
@@ -140,6 +144,7 @@ class RefinementSettings:
     nn_depth: int = 2
     grid_nodes: int = 24
     grid_span: float | None = 2.5
+    start_width: float | None = None
     checkpoint_every: int = 5
     report_every: int = 10
     memory_limit: float | None = None
@@ -196,6 +201,8 @@ class RefinementSettings:
             raise InputError(f"must be in [0, 1], got {self.omega_step!r}", source="omega_step")
         if self.grid_span is not None and not (math.isfinite(self.grid_span) and self.grid_span > 1):
             raise InputError(f"must be a number > 1, got {self.grid_span!r}", source="grid_span")
+        if self.start_width is not None and not (math.isfinite(self.start_width) and self.start_width > 0):
+            raise InputError(f"must be a positive number, got {self.start_width!r}", source="start_width")
         if self.tilt_chunk is not None and self.tilt_chunk < 1:
             raise InputError(f"must be a positive integer, got {self.tilt_chunk!r}", source="tilt_chunk")
         if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit >= 0):
