@@ -4,6 +4,10 @@ import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# The command line turns on JAX's persistent compilation cache (in ~/.cache/edrefine/jax) for its
+# whole process; in-process CLI tests would turn it on for every later test too, reading
+# executables compiled by other processes and test orders. Tests compile afresh.
+os.environ["EDREFINE_CACHE_DIR"] = ""
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
