@@ -2,12 +2,13 @@
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-# The command line turns on JAX's persistent compilation cache (in ~/.cache/edrefine/jax) for its
-# whole process; in-process CLI tests would turn it on for every later test too, reading
-# executables compiled by other processes and test orders. Tests compile afresh.
-os.environ["EDREFINE_CACHE_DIR"] = ""
+# The command line turns on JAX's persistent compilation cache (~/.cache/edrefine/jax) for its
+# whole process, so in-process CLI tests turn it on for every later test too. A fresh folder
+# per session keeps the tests off executables that other runs wrote there.
+os.environ["EDREFINE_CACHE_DIR"] = tempfile.mkdtemp(prefix="edrefine-test-cache-")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
