@@ -214,6 +214,9 @@ def main() -> None:
                 for m in args.models.split(","):
                     rows.append(case(truth, t, m, p, args))
                     print(row_line(rows[-1]), flush=True)
+                    # each case's compiled code stays mapped while cached: a full grid in one
+                    # process would pass the kernel's limit of 65,530 mappings and crash
+                    jax.clear_caches()
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in vars(args).items() if k not in ("out", "settings")} | {

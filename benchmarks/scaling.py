@@ -153,6 +153,7 @@ def main() -> None:
     rows = []
     for i in chosen:
         rows += run_case(*cases[i], data, calculation, budgets, args)
+        jax.clear_caches()  # release each case's compiled code (the process's memory mappings are limited)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"frames": frames, "gmax": args.gmax, "budgets": budgets, "perturbation": args.perturbation,
             "jax_devices": [str(d) for d in jax.devices()], "seconds": time.perf_counter() - begin}

@@ -1,5 +1,6 @@
 """Test configuration: float64, strict promotion, two fake CPU devices."""
 
+import gc
 import os
 import pathlib
 import tempfile
@@ -17,6 +18,20 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+    """Drop every compiled executable after each test module.
+
+    XLA:CPU maps each loaded executable's code and data into memory, and JAX's caches keep them
+    alive: the whole suite in one process came to 64,700 mappings, next to the kernel's limit of
+    65,530 (vm.max_map_count), and the next compilation crashed the process. Clearing the caches
+    brings the count back to a few hundred; the persistent cache still serves repeated kernels.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
