@@ -41,6 +41,23 @@ def test_the_thickness_grid_spans_the_starting_thicknesses_within_the_bounds():
         make_thickness_model("neural-grid", ALPHA, start, BOUNDS, key=jax.random.key(0), grid_span=0.5)
 
 
+def test_the_grid_slides_as_a_whole_by_up_to_one_spacing_per_frame():
+    model = make_thickness_model("neural-grid", ALPHA, np.full(ALPHA.size, 400.0), BOUNDS, key=jax.random.key(0),
+                                 grid_nodes=12)
+    grid, h = np.asarray(model.grid), model.grid_spacing()
+    np.testing.assert_allclose(h, (1000.0 - 160.0) / 11)
+    nodes, weights = model(FEATURES)
+    assert np.max(np.abs(np.asarray(nodes) - grid[None, :])) < 0.05 * h  # pretrained without a slide
+    last = model.mlp.layers[-1]
+    slid = eqx.tree_at(lambda m: (m.mlp.layers[-1].weight, m.mlp.layers[-1].bias), model,
+                       (last.weight.at[-1].set(0.0), last.bias.at[-1].set(np.arctanh(0.5))))
+    slid_nodes, slid_weights = slid(FEATURES)
+    np.testing.assert_allclose(slid_nodes, np.broadcast_to(grid + 0.5 * h, nodes.shape), rtol=1e-12)
+    np.testing.assert_allclose(slid_weights, weights, rtol=1e-12)  # the slide leaves the weights alone
+    far = eqx.tree_at(lambda m: m.mlp.layers[-1].bias, slid, last.bias.at[-1].set(50.0))
+    assert np.max(np.asarray(far(FEATURES)[0]) - grid[None, :]) <= h * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("kind", ["neural", "neural-grid"])
 def test_the_starting_distribution_has_the_width_asked_for(kind):
     start = np.linspace(300.0, 500.0, ALPHA.size)
