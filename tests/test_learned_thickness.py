@@ -56,6 +56,11 @@ def test_the_grid_slides_as_a_whole_by_up_to_one_spacing_per_frame():
     np.testing.assert_allclose(slid_weights, weights, rtol=1e-12)  # the slide leaves the weights alone
     far = eqx.tree_at(lambda m: m.mlp.layers[-1].bias, slid, last.bias.at[-1].set(50.0))
     assert np.max(np.asarray(far(FEATURES)[0]) - grid[None, :]) <= h * (1 + 1e-12)
+    # a grid over the whole bounds has its end nodes on them: the pretraining still finds no slide
+    whole = make_thickness_model("neural-grid", ALPHA, np.full(ALPHA.size, 400.0), BOUNDS, key=jax.random.key(0),
+                                 grid_nodes=12, grid_span=None)
+    inner = np.asarray(whole(FEATURES)[0])[:, 1:-1] - np.asarray(whole.grid)[None, 1:-1]
+    assert np.max(np.abs(inner)) < 0.05 * whole.grid_spacing()
 
 
 @pytest.mark.parametrize("kind", ["neural", "neural-grid"])
