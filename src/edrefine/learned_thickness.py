@@ -150,13 +150,19 @@ class NeuralThickness(eqx.Module):
         phase = 0.5 * jnp.pi * x[:, None] * jnp.arange(1, self.frequencies + 1, dtype=x.dtype)[None, :]
         return jnp.concatenate([x[:, None], jnp.sin(phase), jnp.cos(phase)], axis=1)
 
-    def __call__(self, features: FrameFeatures):
+    def slid_grid(self, features: FrameFeatures):
+        """Grid form: each frame's slide tanh(o_shift) ∈ (−1, 1) [grid spacings], its nodes (the grid
+        slid by that many spacings, clipped to the bounds) [Å] and their weights."""
         outputs = jax.vmap(self.mlp)(self._inputs(features.alpha))
+        grid = jnp.asarray(self.grid, dtype=outputs.dtype)
+        slide = jnp.tanh(outputs[:, -1])
+        nodes = jnp.clip(grid[None, :] + self.grid_spacing() * slide[:, None], self.bounds.t_min, self.bounds.t_max)
+        return slide, nodes, jax.nn.softmax(outputs[:, :-1], axis=1)
+
+    def __call__(self, features: FrameFeatures):
         if self.form == "grid":
-            grid = jnp.asarray(self.grid, dtype=outputs.dtype)
-            shift = self.grid_spacing() * jnp.tanh(outputs[:, -1:])
-            nodes = jnp.clip(grid[None, :] + shift, self.bounds.t_min, self.bounds.t_max)
-            return nodes, jax.nn.softmax(outputs[:, :-1], axis=1)
+            return self.slid_grid(features)[1:]
+        outputs = jax.vmap(self.mlp)(self._inputs(features.alpha))
         x, w = np.polynomial.hermite.hermgauss(_HERMITE_NODES)
         mean = self.bounds.to_thickness(outputs[:, 0])
         width = self.width_max * jax.nn.sigmoid(outputs[:, 1])
@@ -259,12 +265,11 @@ def fit_thickness_model(model: ThicknessModel, alpha, target, steps: int = 600, 
         desired = jax.nn.softmax(-0.5 * ((grid[None, :] - target[:, None]) / spread[:, None]) ** 2, axis=1)
 
     def loss(m):
-        nodes, weights = m(features)
         if grid_form:
+            slide, _, weights = m.slid_grid(features)
             logw = jnp.log(jnp.maximum(weights, 1e-30))
-            middle = len(m.grid) // 2  # the end nodes may sit on a bound, where clipping hides the slide
-            slide = (nodes[:, middle] - grid[middle]) / max(m.grid_spacing(), 1e-12)
             return -jnp.mean(jnp.sum(desired * logw, axis=1)) + jnp.mean(slide**2)
+        nodes, weights = m(features)
         mean, std = mean_and_width(nodes, weights)
         return jnp.mean(((mean - target) / span) ** 2) + 0.01 * jnp.mean(((std - spread) / span) ** 2)
 
