@@ -5,7 +5,8 @@
 
 Each step runs as its own process (one at a time: the machine's cores belong to it), its output
 goes to ``DIR/<step>.log`` and its JSON and figures into ``DIR/<step>/``; ``DIR/run_all.json``
-lists every step with its command, exit status and wall time. A failing step is reported and
+lists every step with its command, exit status, wall time and the commit it ran from (a
+resumed suite may span several commits). A failing step is reported and
 the suite goes on. Default ``DIR``: ``benchmarks/results/quick`` or ``benchmarks/results/full``.
 Needs ../shared/data for the real-data steps. Not collected by pytest.
 """
@@ -72,6 +73,15 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def source_version() -> str:
+    """The commit the steps run from, with "+changes" when tracked files outside the results differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return commit + ("+changes" if changed else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -88,6 +98,7 @@ def main() -> None:
         record["steps"] = [s for s in json.loads((out / "run_all.json").read_text())["steps"] if s["status"] == 0]
     done = {s["name"] for s in record["steps"]}
     plan = [s for s in steps(args.quick, out) if (args.only is None or s[0] in args.only) and s[0] not in done]
+    version = source_version()
     begin = time.perf_counter()
     for name, arguments in plan:
         command = [sys.executable, *arguments]
@@ -103,7 +114,8 @@ def main() -> None:
         record["steps"].append({"name": name, "command": " ".join(["python", *[str(pathlib.Path(a).relative_to(ROOT))
                                                                               if a.startswith(str(ROOT)) else a
                                                                               for a in arguments]]),
-                                "status": status, "seconds": round(seconds, 1), "log": f"{name}.log"})
+                                "status": status, "seconds": round(seconds, 1), "log": f"{name}.log",
+                                "commit": version, "finished": time.strftime("%Y-%m-%d %H:%M")})
         print(f"          {'ok' if status == 0 else f'FAILED ({status})'} in {seconds:.0f} s", flush=True)
         (out / "run_all.json").write_text(json.dumps(record, indent=1))
     failed = [s["name"] for s in record["steps"] if s["status"] != 0]
