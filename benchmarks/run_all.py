@@ -101,7 +101,7 @@ def main() -> None:
     version = source_version()
     begin = time.perf_counter()
     for name, arguments in plan:
-        command = [sys.executable, *arguments]
+        command = [sys.executable, "-u", *arguments]  # unbuffered, so that DIR/<step>.log follows a long step
         print(f"[{time.perf_counter() - begin:6.0f} s] {name}: {' '.join(arguments)}", flush=True)
         start = time.perf_counter()
         with open(out / f"{name}.log", "w") as log:
