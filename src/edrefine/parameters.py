@@ -53,7 +53,7 @@ class RefinementParameters(eqx.Module):
 def initial_parameters(crystal: Crystal, thickness_models, frame_counts, absorption: float | None) -> RefinementParameters:
     """Start from the crystal's values, zero orientation corrections and the given thickness models."""
     datasets = tuple(DatasetParameters(jnp.zeros((n, 3)), model) for model, n in zip(thickness_models, frame_counts))
-    kappa = None if absorption is None else jnp.asarray(float(absorption))
+    kappa = None if absorption is None else jnp.asarray(float(absorption), dtype=jnp.result_type(float))
     return RefinementParameters(crystal.params, kappa, datasets)
 
 
