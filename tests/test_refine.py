@@ -161,17 +161,17 @@ def test_orientation_delay_holds_the_orientations_for_its_share_of_the_steps(tru
 
 @pytest.mark.parametrize("model", ["constant", "perframe", "plate", "neural", "neural-grid"])
 def test_an_optimiser_step_keeps_every_leaf_type_so_the_compiled_epoch_is_reused(truth, data, model):
-    """A weakly typed leaf (κ from a Python float) becomes strongly typed after the first update, which
-    retraces every jitted kernel in the second epoch and doubles the epoch time a time-limited run plans with."""
+    """A weakly typed leaf (κ or the step factor from a Python float) becomes strongly typed after the first
+    update, which retraces the jitted kernels in the second epoch and doubles the epoch time a time-limited run
+    plans with."""
     import equinox as eqx
 
-    from edrefine.optimise import build_parameters, make_optimiser
+    from edrefine.optimise import _set_step_factor, build_parameters, make_optimiser
     from edrefine.refine import build_problem
 
     settings = RefinementSettings(thickness_model=model, epochs=2, nn_width=8, nn_depth=1, grid_nodes=6,
                                   refine=RefinementSettings().refine + ("absorption",))
-    problem = build_problem(truth, [data], CalculationSettings(gmax=1.3, sgmax=0.01, tilts=3, tilt_rule="gauss",
-                                                               absorption=0.05))
+    problem = build_problem(truth, [data], dataclasses.replace(CALC, absorption=0.05))
     params = build_parameters(problem, settings, 0.05)
     optimiser = make_optimiser(params, settings, steps=2)
     arrays = eqx.filter(params, eqx.is_inexact_array)
@@ -185,6 +185,8 @@ def test_an_optimiser_step_keeps_every_leaf_type_so_the_compiled_epoch_is_reused
 
     assert signature(eqx.filter(stepped, eqx.is_inexact_array)) == signature(arrays)
     assert signature(stepped_state) == signature(opt_state)
+    before = signature(stepped_state)
+    assert signature(_set_step_factor(stepped_state, 0.5)) == before  # the halved step after a rejected one
 
 
 def test_omega_step_scales_the_rotation_about_the_beam_alone(truth, data):

@@ -228,7 +228,8 @@ class FirstOrder(eqx.Module):
 
 
 def _set_step_factor(opt_state, factor: float):
-    opt_state[1].hyperparams["step_size"] = jnp.asarray(factor)
+    hyperparams = opt_state[1].hyperparams
+    hyperparams["step_size"] = jnp.asarray(factor, dtype=hyperparams["step_size"].dtype)
     return opt_state
 
 
