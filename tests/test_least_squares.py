@@ -88,6 +88,34 @@ def test_normal_equations_agree_with_reverse_mode_and_finite_differences(problem
         np.testing.assert_allclose(2 * gradient[i], fd, rtol=2e-5, atol=1e-8 * np.max(np.abs(gradient)))
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 6, 7, 32])
+def test_the_jacobian_in_equal_tangent_blocks_is_the_dense_one(block):
+    """Seven tangents: blocks of 3 go as three of 3, blocks of 4 or 6 as two of 4, so the padding
+    is never more than one tangent per block; each block's primal pass gives the residuals."""
+    from edrefine.least_squares import tangent_blocks, transposed_jacobian
+
+    matrix = jnp.asarray(np.random.default_rng(1).normal(size=(5, 7)))
+
+    def residuals(v):
+        return jnp.sin(matrix @ v) + v[:5] ** 2
+
+    vector = jnp.linspace(-0.4, 0.5, 7)
+    r, jt = transposed_jacobian(residuals, vector, block)
+    np.testing.assert_allclose(r, residuals(vector), rtol=1e-14)
+    np.testing.assert_allclose(jt, jax.jacfwd(residuals)(vector).T, rtol=1e-13, atol=1e-15)
+    count, size = tangent_blocks(7, block)
+    assert size <= block and count == -(-7 // block) and 0 <= count * size - 7 < count
+
+
+def test_the_estimated_cost_of_the_normal_equations_counts_the_padded_tangents():
+    from edrefine.least_squares import TANGENT_COST, normal_equations_seconds, tangent_blocks
+
+    assert tangent_blocks(33, 32) == (2, 17)
+    assert tangent_blocks(31, 32) == (1, 31)
+    assert normal_equations_seconds(10.0, 31, 32) == pytest.approx(10.0 * (1 + TANGENT_COST * 31))
+    assert normal_equations_seconds(10.0, 33, 32) == pytest.approx(10.0 * 2 * (1 + TANGENT_COST * 17))
+
+
 def test_a_damped_step_goes_from_gauss_newton_to_steepest_descent():
     rng = np.random.default_rng(0)
     jacobian = rng.normal(size=(30, 4))

@@ -9,8 +9,8 @@ first-order optimisers on the same problem:
   free coordinates θ, U coefficients φ, occupancies) followed by every other refined array
   (κ, orientation corrections, thickness-model values), flattened;
 - the Jacobian J = ∂r/∂p is dense and taken in forward mode, one tangent per parameter
-  (``jax.linearize``, tangents pushed in blocks of ``block`` so memory stays bounded), chunk by
-  chunk of frames; only the normal matrix JᵀJ [p p], the gradient Jᵀr and rᵀr leave each chunk.
+  (``jax.jvp``, tangents pushed in equal blocks of at most ``block`` so memory stays bounded),
+  chunk by chunk of frames; only the normal matrix JᵀJ [p p], the gradient Jᵀr and rᵀr leave each chunk.
   One iteration therefore costs about p forward passes plus O(p³) for the solve, which is what
   the scaling study (``benchmarks/scaling.py``) measures against Adam's one gradient per step;
 - each step solves (JᵀJ + λ D) δ = −Jᵀr with D = diag(JᵀJ) (Marquardt's scaling, floored so
@@ -125,12 +125,20 @@ def chunk_normal_equations(vector, params, layout: Layout, d: int, frames, cryst
     return normal, js @ r, r @ r
 
 
+def tangent_blocks(tangents: int, block: int) -> tuple[int, int]:
+    """(count, size) of the blocks that push ``tangents`` tangents at most ``block`` at a time:
+    as few blocks as ``block`` allows, all of one size, so that the last one is not mostly
+    padding (33 tangents at 32: two of 17, not two of 32)."""
+    count = -(-tangents // max(block, 1))
+    return count, -(-tangents // count)
+
+
 def transposed_jacobian(residuals: Callable, vector, block: int):
-    """(r, Jᵀ ``[p m]``) of ``residuals`` at ``vector`` by forward mode, ``block`` tangents at a
-    time, each block with its own primal pass (traceable)."""
+    """(r, Jᵀ ``[p m]``) of ``residuals`` at ``vector`` by forward mode, at most ``block``
+    tangents at a time (:func:`tangent_blocks`), each block with its own primal pass (traceable)."""
     n = vector.shape[0]
-    blocks = -(-n // block)
-    basis = jnp.eye(blocks * block, n, dtype=vector.dtype).reshape(blocks, block, n)
+    blocks, size = tangent_blocks(n, block)
+    basis = jnp.eye(blocks * size, n, dtype=vector.dtype).reshape(blocks, size, n)
 
     def pushed(tangents):
         return jax.vmap(lambda t: jax.jvp(residuals, (vector,), (t,)), out_axes=(None, 0))(tangents)
@@ -138,9 +146,9 @@ def transposed_jacobian(residuals: Callable, vector, block: int):
     if blocks == 1:
         r, jt = pushed(basis[0])
     else:
-        r = residuals(vector)
-        jt = jax.lax.map(lambda tangents: pushed(tangents)[1], basis)
-    return r, jt.reshape(blocks * block, -1)[:n]
+        primal, jt = jax.lax.map(pushed, basis)
+        r = primal[0]
+    return r, jt.reshape(blocks * size, -1)[:n]
 
 
 def tangent_plan(problem: Problem, thickness_nodes: int, limit_gb: float | None, parameters: int,
@@ -266,8 +274,10 @@ primal passes)."""
 
 
 def normal_equations_seconds(forward: float, parameters: int, block: int) -> float:
-    """Estimated seconds of :func:`normal_equations` from the seconds of one forward pass."""
-    return forward * (-(-parameters // max(block, 1)) + TANGENT_COST * parameters)
+    """Estimated seconds of :func:`normal_equations` from the seconds of one forward pass: a
+    primal pass per block and :data:`TANGENT_COST` per tangent pushed, padding included."""
+    blocks, size = tangent_blocks(parameters, block)
+    return forward * blocks * (1 + TANGENT_COST * size)
 
 
 def end_reserve(forward: float, parameters: int, block: int = 32, jacobian_forward: float | None = None) -> float:
@@ -306,6 +316,8 @@ def polish(problem: Problem, params: RefinementParameters, settings, steps: int,
             before = chi2
         if not (math.isfinite(chi2) and np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient))):
             break
+        if done:
+            chi2 = after  # as in run_least_squares: the trials compare with their own forward pass
         accepted, damping, nu, _ = marquardt_trials(current, problem, layout, normal, gradient, chi2, damping, nu,
                                                     chunk, settings.u_min)
         estimate = time.perf_counter() - begin
@@ -335,11 +347,14 @@ def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | No
     denominator = problem.denominator
     chunk = problem.chunk_size(settings.chunk_frames)
     damping, nu = (float(x) for x in (state.opt_state if state.opt_state is not None else initial_state()))
+    accepted_chi2 = None
     while state.epoch < settings.epochs and not state.stopped:
         begin = time.perf_counter()
         normal, gradient, chi2 = normal_equations(state.params, problem, layout, chunk, block)
         if not (math.isfinite(chi2) and np.all(np.isfinite(normal)) and np.all(np.isfinite(gradient))):
             raise FloatingPointError(f"non-finite χ² or Jacobian at iteration {state.epoch}")
+        if accepted_chi2 is not None:
+            chi2 = accepted_chi2  # the trials' own forward pass: at the floor the Jacobian's primal rounds apart
         accepted, damping, nu, trials = marquardt_trials(state.params, problem, layout, normal, gradient, chi2,
                                                          damping, nu, chunk, settings.u_min)
         state.epoch += 1
@@ -350,6 +365,7 @@ def run_least_squares(problem: Problem, state, settings, on_epoch: Callable | No
             params = state.params
         else:
             params, new = accepted
+            accepted_chi2 = new
             loss = new / denominator
             if (chi2 - new) <= 1e-10 * chi2:
                 state.stopped = f"Levenberg–Marquardt converged at iteration {state.epoch}: Δχ²/χ² < 1e-10"
