@@ -45,7 +45,7 @@ def child(spec: dict) -> dict:
     calculation = CalculationSettings(strong_beams=spec["strong_beams"], tilt_segments=spec["segments"],
                                       absorption=spec.get("absorption"), **PUBLISHED)
     values = {k: spec[k] for k in ("epochs", "time_limit", "polish_steps", "orientation_every", "epoch_precision",
-                                   "uncertainty_beams", "thickness_model") if spec.get(k) is not None}
+                                   "uncertainty_beams", "thickness_model", "start_width") if spec.get(k) is not None}
     groups = RefinementSettings().refine + (("absorption",) if spec.get("absorption") is not None else ())
     settings = RefinementSettings(report_every=spec["report_every"], refine=groups, **values)
     stages = []
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--polish-steps", type=int, default=None)
     parser.add_argument("--orientation-every", type=int, default=None)
     parser.add_argument("--thickness-model", default=None, help="default: the refinement default")
+    parser.add_argument("--start-width", type=float, default=None,
+                        help="neural models' starting width per frame, a share of the thickness (default: the settings')")
     parser.add_argument("--absorption", type=float, default=None,
                         help="refine absorption κ from this start (default: elastic)")
     parser.add_argument("--report-every", type=int, default=1)
@@ -119,7 +121,8 @@ def main() -> None:
         return
     common = dict(epochs=args.epochs, time_limit=args.time_limit, polish_steps=args.polish_steps,
                   orientation_every=args.orientation_every, report_every=args.report_every,
-                  thickness_model=args.thickness_model, absorption=args.absorption)
+                  thickness_model=args.thickness_model, start_width=args.start_width,
+                  absorption=args.absorption)
     configurations = {"levers on": dict(strong_beams=args.strong_beams, segments=args.tilt_segments,
                                         float32=args.float32, epoch_precision=args.epoch_precision,
                                         uncertainty_beams=args.uncertainty_beams, **common)}
