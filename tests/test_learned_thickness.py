@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 
 from edrefine.errors import InputError
 from edrefine.learned_thickness import (Bounds, FrameFeatures, PlateThickness, fit_thickness_model,
-                                        make_thickness_model, mean_and_width)
+                                        START_WIDTH, make_thickness_model, mean_and_width)
 
 ALPHA = np.linspace(-40.0, 40.0, 17)
 BOUNDS = Bounds(50.0, 1500.0)
@@ -67,15 +67,20 @@ def test_the_grid_slides_as_a_whole_by_up_to_one_spacing_per_frame():
 def test_the_starting_distribution_has_the_width_asked_for(kind):
     start = np.linspace(300.0, 500.0, ALPHA.size)
     default = make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0))
+    narrow = make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0), start_width=0.05)
     broad = make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0), start_width=0.25)
-    _, narrow_width = mean_and_width(*default(FEATURES))
-    mean, width = mean_and_width(*broad(FEATURES))
-    np.testing.assert_allclose(mean, start, rtol=0.05)
+    widths = {}
+    for name, model in (("default", default), ("narrow", narrow), ("broad", broad)):
+        mean, widths[name] = mean_and_width(*model(FEATURES))
+        np.testing.assert_allclose(mean, start, rtol=0.05)
     if kind == "neural-grid":
-        np.testing.assert_allclose(narrow_width, 0.02 * (BOUNDS.t_max - BOUNDS.t_min), rtol=0.2)
-        np.testing.assert_allclose(width, 0.25 * start, rtol=0.2)
+        np.testing.assert_allclose(widths["default"], START_WIDTH[kind] * start, rtol=0.2)
+        np.testing.assert_allclose(widths["broad"], 0.25 * start, rtol=0.2)
+        assert np.mean(widths["narrow"]) < 0.5 * np.mean(widths["default"])  # a 0.05 start is below the grid spacing
     else:  # the Gaussian form's width is only pulled weakly towards the start width
-        assert np.mean(width) > 2 * np.mean(narrow_width)
+        np.testing.assert_allclose(np.mean(widths["default"] / start), START_WIDTH[kind], rtol=0.3)
+        assert np.mean(widths["narrow"]) < np.mean(widths["default"]) < np.mean(widths["broad"])
+    assert START_WIDTH["neural"] < START_WIDTH["neural-grid"]
     for bad in (0.0, -0.1, float("nan")):
         with pytest.raises(InputError, match="start_width"):
             make_thickness_model(kind, ALPHA, start, BOUNDS, key=jax.random.key(0), start_width=bad)

@@ -122,7 +122,7 @@ def refine(
     thickness_model: Annotated[Optional[str], typer.Option(help="constant, perframe, plate, neural (Gaussian per frame) or neural-grid (weights over a thickness grid, the default).")] = None,
     grid_nodes: Annotated[Optional[int], typer.Option(help="Thickness grid nodes of neural-grid (default 24).")] = None,
     grid_span: Annotated[Optional[float], typer.Option(help="neural-grid nodes span [min start / SPAN, max start × SPAN] of the starting thicknesses (default 2.5).")] = None,
-    start_width: Annotated[Optional[float], typer.Option(help="Width of the neural models' starting distribution per frame, a share of its starting thickness (default 0.3).")] = None,
+    start_width: Annotated[Optional[float], typer.Option(help="Width of the neural models' starting distribution per frame, a share of its starting thickness (default 0.3 for neural-grid, 0.1 for neural).")] = None,
     thickness_min: Annotated[Optional[float], typer.Option(help="Lower thickness bound [Å] (default 50).")] = None,
     thickness_max: Annotated[Optional[float], typer.Option(help="Upper thickness bound [Å] (default 2500).")] = None,
     thickness_start: Annotated[Optional[str], typer.Option(help="Starting thickness search: auto (default), dataset or frame.")] = None,

@@ -34,6 +34,14 @@ from .frames import axis_rotation
 
 _HERMITE_NODES = 5
 
+START_WIDTH = {"neural": 0.1, "neural-grid": 0.3}
+"""Default ``start_width`` of each neural model: the starting standard deviation per frame as a
+share of its starting thickness. The grid needs a broad start to find thickness populations far
+from it (docs/benchmarks.md, "A broad starting distribution"); the Gaussian's five Hermite nodes
+spread a broad one over μ ± 0.86 μ, a coarse average over intensities that oscillate with
+thickness (real CsPbBr₃: R_obs frame mean 9.23 % at the start with 0.3, 6.18 % with 0.1;
+docs/benchmarks.md, "Each thickness model on real CsPbBr₃")."""
+
 
 class Bounds(eqx.Module):
     """Thickness bounds [Å], static."""
@@ -205,7 +213,7 @@ def make_thickness_model(
     max(initial) · grid_span] within the bounds (``grid_span`` None: over the whole bounds).
     ``frequencies``: Fourier features of the neural models' input (:class:`NeuralThickness`).
     ``start_width``: standard deviation of the neural models' starting distribution as a share of
-    each frame's starting thickness (None: 2 % of the bounds' span, :func:`fit_thickness_model`).
+    each frame's starting thickness (None: the model's :data:`START_WIDTH`).
     """
     alpha = np.asarray(alpha, dtype=np.float64)
     initial = np.clip(np.asarray(initial, dtype=np.float64), bounds.t_min, bounds.t_max)
@@ -235,7 +243,8 @@ def make_thickness_model(
                             grid, frequencies)
     if start_width is not None and not (np.isfinite(start_width) and start_width > 0):
         raise InputError(f"must be a positive number, got {start_width!r}", source="start_width")
-    return fit_thickness_model(model, alpha, initial, spread=None if start_width is None else start_width * initial)
+    share = START_WIDTH[kind] if start_width is None else start_width
+    return fit_thickness_model(model, alpha, initial, spread=share * initial)
 
 
 def mean_and_width(nodes: Array, weights: Array) -> tuple[Array, Array]:

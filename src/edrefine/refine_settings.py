@@ -93,10 +93,11 @@ class RefinementSettings:
         grid_span: the neural-grid nodes span [min start / grid_span, max start × grid_span] of the
             starting thicknesses, within the bounds (None: the whole bounds).
         start_width: standard deviation of the neural models' starting distribution per frame, as a
-            share of the frame's starting thickness (default 0.3; None: 2 % of the bounds' span,
-            about 50 Å, the default before session 18).
-            A broad start lets the neural-grid weights move to thicknesses far from the start,
-            which a narrow one leaves with almost no weight and so almost no gradient.
+            share of the frame's starting thickness (None: the model's default,
+            ``learned_thickness.START_WIDTH``: 0.3 for neural-grid, 0.1 for neural). A broad start
+            lets the neural-grid weights move to thicknesses far from the start, which a narrow one
+            leaves with almost no weight and so almost no gradient; the Gaussian's five nodes
+            spread a broad start too coarsely.
         checkpoint_every: epochs between checkpoints.
         report_every: epochs between full R evaluations in the history.
         memory_limit: largest estimated peak memory of a forward+gradient pass [GB] before the
@@ -145,7 +146,7 @@ class RefinementSettings:
     nn_depth: int = 2
     grid_nodes: int = 24
     grid_span: float | None = 2.5
-    start_width: float | None = 0.3
+    start_width: float | None = None
     checkpoint_every: int = 5
     report_every: int = 10
     memory_limit: float | None = None
