@@ -33,7 +33,7 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
         return [
             ("scaling", script("scaling.py", "--quick", "--out", str(out / "scaling"))),
             ("recovery_quartz", script("recovery.py", "--quick", "--out", str(out / "recovery_quartz"))),
-            ("quartz_refine_quick", script("quartz_refine.py", "--tilts", "12", "--epochs", "25", "--polish-steps", "0",
+            ("quartz_refine_quick", script("quartz_refine.py", "--tilts", "6", "--epochs", "20", "--polish-steps", "0",
                                            "--out", str(out / "quartz_refine_quick"))),
             ("quartz_epoch", script("quartz_epoch.py", "--tilts", "14", "--repeats", "1", "--json",
                                     str(out / "quartz_epoch.json"))),

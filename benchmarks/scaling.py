@@ -29,6 +29,7 @@ import pathlib
 import time
 
 import numpy as np
+from compiled_code import release_when_crowded
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STRUCTURE = ("positions", "adp")
@@ -122,12 +123,13 @@ def figure(rows, path: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer frames and iterations (a few minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="20 frames, fewer iterations, cases 1, 3 and 5 (6, 81 and 161 parameters; a few minutes)")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames of the dataset (default 20 quick: up to 161 parameters; 230 full: up to 1001)")
     parser.add_argument("--gmax", type=float, default=1.2)
     parser.add_argument("--perturbation", type=float, default=0.1)
-    parser.add_argument("--cases", default=None, help="comma-separated case numbers (1-5) to run")
+    parser.add_argument("--cases", default=None, help="comma-separated case numbers (1-5) to run (default: all; 1,3,5 with --quick)")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "scaling")
     args = parser.parse_args()
 
@@ -148,12 +150,13 @@ def main() -> None:
     data = simulate_dataset(truth, template, parse_thickness_model("wedge:200,500,8,-10"), counts=1e5, seed=0,
                             g_max=args.gmax, sg_max=0.01, tilts=3, tilt_rule="gauss")
     cases = descriptions(truth)
-    chosen = range(len(cases)) if args.cases is None else [int(c) - 1 for c in args.cases.split(",")]
+    picked = args.cases or ("1,3,5" if args.quick else None)
+    chosen = range(len(cases)) if picked is None else [int(c) - 1 for c in picked.split(",")]
     begin = time.perf_counter()
     rows = []
     for i in chosen:
         rows += run_case(*cases[i], data, calculation, budgets, args)
-        jax.clear_caches()  # release each case's compiled code (the process's memory mappings are limited)
+        release_when_crowded()
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"frames": frames, "gmax": args.gmax, "budgets": budgets, "perturbation": args.perturbation,
             "jax_devices": [str(d) for d in jax.devices()], "seconds": time.perf_counter() - begin}
