@@ -1,6 +1,6 @@
 """Run the evidence suite: every benchmark script, one after another, results as JSON.
 
-    python benchmarks/run_all.py --quick [--out DIR]    # about 15 minutes on 2 cores
+    python benchmarks/run_all.py --quick [--out DIR]    # 5 to 12 minutes on 2 cores
     python benchmarks/run_all.py [--out DIR] [--resume]   # the full suite (many hours; --resume skips steps done)
 
 Each step runs as its own process (one at a time: the machine's cores belong to it), its output
@@ -33,8 +33,6 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
         return [
             ("scaling", script("scaling.py", "--quick", "--out", str(out / "scaling"))),
             ("recovery_quartz", script("recovery.py", "--quick", "--out", str(out / "recovery_quartz"))),
-            ("quartz_refine_quick", script("quartz_refine.py", "--tilts", "6", "--epochs", "20", "--polish-steps", "0",
-                                           "--out", str(out / "quartz_refine_quick"))),
             ("quartz_epoch", script("quartz_epoch.py", "--tilts", "14", "--repeats", "1", "--json",
                                     str(out / "quartz_epoch.json"))),
         ]
