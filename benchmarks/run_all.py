@@ -1,6 +1,6 @@
 """Run the evidence suite: every benchmark script, one after another, results as JSON.
 
-    python benchmarks/run_all.py --quick [--out DIR]    # 5 to 12 minutes on 2 cores
+    python benchmarks/run_all.py --quick [--out DIR]    # 701 s on 2 cores on a slow day (2026-12-07)
     python benchmarks/run_all.py [--out DIR] [--resume]   # the full suite (many hours; --resume skips steps done)
 
 Each step runs as its own process (one at a time: the machine's cores belong to it), its output
