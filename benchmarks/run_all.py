@@ -1,7 +1,7 @@
 """Run the evidence suite: every benchmark script, one after another, results as JSON.
 
     python benchmarks/run_all.py --quick [--out DIR]    # 701 s on 2 cores on a slow day (2026-12-07)
-    python benchmarks/run_all.py [--out DIR] [--resume]   # the full suite (many hours; --resume skips steps done)
+    python benchmarks/run_all.py [--out DIR] [--resume]   # the full suite (roughly 20 hours; --resume skips steps done)
 
 Each step runs as its own process (one at a time: the machine's cores belong to it), its output
 goes to ``DIR/<step>.log`` and its JSON and figures into ``DIR/<step>/``; ``DIR/run_all.json``
@@ -56,14 +56,10 @@ def steps(quick: bool, out: pathlib.Path) -> list[tuple[str, list[str]]]:
         quartz("kinematic", "--kinematic"),
         quartz("inverted", "--invert"),
         ("recovery_quartz", script("recovery.py", "--structure", "quartz", "--out", str(out / "recovery_quartz"))),
-        ("recovery_cspbbr3", script("recovery.py", "--structure", "cspbbr3", "--gmax", "1.2",
-                                    "--out", str(out / "recovery_cspbbr3"))),
-        ("recovery_cspbbr3_g16", script("recovery.py", "--structure", "cspbbr3", "--gmax", "1.6", "--truths",
-                                        "plate,wedge,bimodal", "--models", "perframe,neural-grid", "--perturbations",
-                                        "0.16", "--out", str(out / "recovery_cspbbr3_g16"))),
+        ("recovery_cspbbr3", script("recovery.py", "--structure", "cspbbr3", "--out", str(out / "recovery_cspbbr3"))),
         ("malik_quartz", script("recovery.py", "--malik", "quartz", "--tilts", "21", "--out", str(out / "malik_quartz"))),
-        ("malik_cspbbr3", script("recovery.py", "--malik", "cspbbr3", "--tilts", "21",
-                                 "--out", str(out / "malik_cspbbr3"))),
+        ("malik_cspbbr3", script("recovery.py", "--malik", "cspbbr3", "--gmax", "1.2", "--tilts", "12",
+                                 "--epochs", "60", "--out", str(out / "malik_cspbbr3"))),
         *(step for name in models[1:] for step in refinements[name]),
         ("scaling", script("scaling.py", "--out", str(out / "scaling"))),
         ("epoch", script("epoch.py", "--json", str(out / "epoch.json"))),
