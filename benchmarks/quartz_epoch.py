@@ -1,7 +1,7 @@
 """Reference workload: one epoch over the real α-quartz data at the published settings.
 
 Real α-quartz (Klar et al. 2023), 99 frames, g_max 2.0 Å⁻¹, sg_max 0.01 Å⁻¹, ±1.0° frames
-sampled by 42 midpoint tilts, RSg 0.9, DSg 0.0015 Å⁻¹, neural thickness model. Prints the time
+sampled by 42 midpoint tilts, RSg 0.9, DSg 0.0015 Å⁻¹, the default thickness model. Prints the time
 of one forward pass and one forward+gradient pass over all frames (steady state: after one
 warm-up call), in a child process with 1 and with 2 threads, and their ratio. With ``--refine
 DIR`` it then refines the structure at these settings (``quartz_refine.py --tilts 42``: the
